@@ -1,0 +1,58 @@
+"""Run-time settings: workspace bound, threads, and the `auto` algorithm rule.
+
+    >>> import fastconv as fc
+    >>> fc.config.workspace_bytes = 64 * 2**20   # im2col works in 64 MiB chunks
+"""
+from __future__ import annotations
+
+import threading
+
+ALGORITHMS = ("auto", "direct", "im2col", "winograd")
+
+
+class Config:
+    """Process-wide settings. Reads are plain attribute reads; writes are checked.
+
+    workspace_bytes: the most extra memory an algorithm may allocate for its
+        scratch (im2col columns, Winograd tiles). Larger batches run in chunks.
+    num_threads: numba threads for the CPU kernels (None: numba's default).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._workspace_bytes = 256 * 2**20
+        self._num_threads = None
+
+    @property
+    def workspace_bytes(self) -> int:
+        return self._workspace_bytes
+
+    @workspace_bytes.setter
+    def workspace_bytes(self, value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"workspace_bytes must be an int, got {value!r}")
+        if value < 1024:
+            raise ValueError(f"workspace_bytes must be >= 1024, got {value!r}")
+        with self._lock:
+            self._workspace_bytes = value
+
+    @property
+    def num_threads(self):
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value):
+        import numba
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"num_threads must be an int or None, got {value!r}")
+            if not 1 <= value <= numba.config.NUMBA_NUM_THREADS:
+                raise ValueError(
+                    f"num_threads must be in 1..{numba.config.NUMBA_NUM_THREADS}, "
+                    f"got {value!r}")
+        with self._lock:
+            self._num_threads = value
+            numba.set_num_threads(value or numba.config.NUMBA_NUM_THREADS)
+
+
+config = Config()

@@ -1,0 +1,189 @@
+"""The one place that normalises geometry arguments and computes output sizes.
+
+Every public function, layer and backend takes its stride, padding, dilation,
+kernel size and output size from here, so the rules (PyTorch's) live once.
+
+Normalised forms:
+    pair      -> (h, w) of Python ints
+    padding   -> (top, bottom, left, right) of Python ints
+"""
+from __future__ import annotations
+
+import numbers
+
+_INT64_MAX = 2**63 - 1
+
+
+def _is_int(value) -> bool:
+    # bool is an int subclass, but `stride=True` is always a mistake.
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_int(value, name: str, minimum: int):
+    if not _is_int(value):
+        raise TypeError(
+            f"{name} must be an int or a pair of ints, got {value!r} "
+            f"of type {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
+    """Normalise an int or an (h, w) pair to a pair of Python ints >= `minimum`."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(
+                f"{name} must be an int or a pair (h, w), got {value!r} "
+                f"with {len(value)} entries")
+        h, w = value
+        return (_check_int(h, name, minimum), _check_int(w, name, minimum))
+    v = _check_int(value, name, minimum)
+    return (v, v)
+
+
+def conv_padding(padding, kernel_size, dilation, stride) -> tuple[int, int, int, int]:
+    """Normalise a convolution's `padding` to (top, bottom, left, right).
+
+    Accepts an int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same".
+    "same" needs stride 1; the total padding dilation*(k-1) is split with the
+    odd extra row/column at the bottom/right, as PyTorch does.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(
+                    f"padding='same' needs stride=1, got stride={stride!r} "
+                    "(as in PyTorch; use explicit padding for strided layers)")
+            total_h = dilation[0] * (kernel_size[0] - 1)
+            total_w = dilation[1] * (kernel_size[1] - 1)
+            return (total_h // 2, total_h - total_h // 2,
+                    total_w // 2, total_w - total_w // 2)
+        raise ValueError(
+            f"padding must be an int, a pair, ((top, bottom), (left, right)), "
+            f"'valid' or 'same', got {padding!r}")
+    return _explicit_padding(padding)
+
+
+def _explicit_padding(padding) -> tuple[int, int, int, int]:
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(
+            isinstance(p, (tuple, list)) for p in padding):
+        (top, bottom), (left, right) = (_padding_side(p) for p in padding)
+        return (top, bottom, left, right)
+    ph, pw = pair(padding, "padding", minimum=0)
+    return (ph, ph, pw, pw)
+
+
+def _padding_side(side):
+    if len(side) != 2:
+        raise ValueError(
+            f"padding must be ((top, bottom), (left, right)), got a side {side!r} "
+            f"with {len(side)} entries")
+    return pair(tuple(side), "padding", minimum=0)
+
+
+def pool_padding(padding, kernel_size) -> tuple[int, int, int, int]:
+    """Normalise a pooling `padding` to (top, bottom, left, right).
+
+    Like PyTorch, each side may be at most half the kernel (so that no window
+    lies wholly in the padding). "same" is not accepted, as in PyTorch.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        raise ValueError(
+            f"padding must be an int, a pair, ((top, bottom), (left, right)) or "
+            f"'valid' for pooling, got {padding!r}")
+    top, bottom, left, right = _explicit_padding(padding)
+    kh, kw = kernel_size
+    if max(top, bottom) > kh // 2 or max(left, right) > kw // 2:
+        raise ValueError(
+            f"padding must be at most half of kernel_size for pooling, got "
+            f"padding={padding!r} with kernel_size={kernel_size!r}")
+    return (top, bottom, left, right)
+
+
+def _output_length(size, pad_before, pad_after, kernel, stride, dilation,
+                   ceil_mode, name) -> int:
+    span = dilation * (kernel - 1) + 1
+    padded = size + pad_before + pad_after
+    if padded < span:
+        raise ValueError(
+            f"{name}: the (dilated) kernel extent {span} is larger than the padded "
+            f"input size {padded} (input {size} + padding {pad_before}+{pad_after})")
+    numerator = padded - span
+    out = (-(-numerator // stride) if ceil_mode else numerator // stride) + 1
+    # PyTorch's rule: in ceil mode the last window must start inside the
+    # input or the left/top padding, not in the right/bottom padding.
+    if ceil_mode and (out - 1) * stride >= size + pad_before:
+        out -= 1
+    return out
+
+
+def output_size(in_hw, kernel_size, stride, padding, dilation=(1, 1),
+                ceil_mode=False, name="input") -> tuple[int, int]:
+    """Output (height, width) of a convolution or pooling window sweep.
+
+    ``floor((H + top + bottom - dilation*(kH-1) - 1) / stride) + 1``, rounded up
+    instead in ceil mode (with PyTorch's last-window rule).
+
+    >>> output_size((5, 5), (3, 3), (1, 1), (1, 1, 1, 1))
+    (5, 5)
+    """
+    top, bottom, left, right = padding
+    out_h = _output_length(in_hw[0], top, bottom, kernel_size[0], stride[0],
+                           dilation[0], ceil_mode, name)
+    out_w = _output_length(in_hw[1], left, right, kernel_size[1], stride[1],
+                           dilation[1], ceil_mode, name)
+    return out_h, out_w
+
+
+def check_element_count(shape, name: str):
+    """Refuse shapes whose element count would overflow int64 indexing."""
+    count = 1
+    for s in shape:
+        count *= int(s)
+    if count > _INT64_MAX // 8:
+        raise ValueError(
+            f"{name} would have shape {tuple(shape)} with {count} elements, "
+            "too large to index with int64")
+    return count
+
+
+def conv_geometry(in_hw, weight_hw, stride, padding, dilation):
+    """Normalise conv arguments. Returns (stride, padding4, dilation, (out_h, out_w))."""
+    stride = pair(stride, "stride")
+    dilation = pair(dilation, "dilation")
+    padding = conv_padding(padding, weight_hw, dilation, stride)
+    out_hw = output_size(in_hw, weight_hw, stride, padding, dilation, name="input")
+    return stride, padding, dilation, out_hw
+
+
+def pool_geometry(in_hw, kernel_size, stride, padding, dilation, ceil_mode):
+    """Normalise pooling arguments.
+
+    Returns (kernel_size, stride, padding4, dilation, (out_h, out_w)).
+    """
+    kernel_size = pair(kernel_size, "kernel_size")
+    stride = kernel_size if stride is None else pair(stride, "stride")
+    dilation = pair(dilation, "dilation")
+    if not isinstance(ceil_mode, (bool, numbers.Integral)):
+        raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
+    padding = pool_padding(padding, kernel_size)
+    out_hw = output_size(in_hw, kernel_size, stride, padding, dilation,
+                         ceil_mode=bool(ceil_mode), name="input")
+    return kernel_size, stride, padding, dilation, out_hw
+
+
+def conv_flops(x_shape, w_shape, out_hw, groups=1) -> int:
+    """Multiply-adds x2 of a direct convolution (the usual GFLOP/s convention)."""
+    n = x_shape[0]
+    k, c_per_group, kh, kw = w_shape
+    return 2 * n * k * out_hw[0] * out_hw[1] * c_per_group * kh * kw
+
+
+__all__ = ["pair", "conv_padding", "pool_padding", "output_size", "conv_geometry",
+           "pool_geometry", "check_element_count", "conv_flops"]
+
