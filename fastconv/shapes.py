@@ -157,7 +157,7 @@ def conv_geometry(in_hw, weight_hw, stride, padding, dilation):
     stride = pair(stride, "stride")
     dilation = pair(dilation, "dilation")
     padding = conv_padding(padding, weight_hw, dilation, stride)
-    out_hw = output_size(in_hw, weight_hw, stride, padding, dilation, name="input")
+    out_hw = output_size(in_hw, weight_hw, stride, padding, dilation, name="weight")
     return stride, padding, dilation, out_hw
 
 
@@ -173,7 +173,7 @@ def pool_geometry(in_hw, kernel_size, stride, padding, dilation, ceil_mode):
         raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
     padding = pool_padding(padding, kernel_size)
     out_hw = output_size(in_hw, kernel_size, stride, padding, dilation,
-                         ceil_mode=bool(ceil_mode), name="input")
+                         ceil_mode=bool(ceil_mode), name="kernel_size")
     return kernel_size, stride, padding, dilation, out_hw
 
 
