@@ -1,0 +1,68 @@
+"""Command line: python -m fastconv {info, check, demo, filters, bench}."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+
+def info() -> int:
+    """Versions, threads, CUDA availability, and what `auto` picks."""
+    import numba
+    import numpy as np
+
+    from . import __version__, api
+    from .config import config
+    from .cuda import interop
+
+    print(f"fastconv {__version__}")
+    print(f"python   {platform.python_version()} ({platform.machine()})")
+    print(f"numpy    {np.__version__}")
+    print(f"numba    {numba.__version__}")
+    print(f"cpu threads: numba uses {numba.get_num_threads()} of {os.cpu_count()} "
+          f"(threading layer: {numba.config.THREADING_LAYER})")
+    print(f"workspace_bytes: {config.workspace_bytes} ({config.workspace_bytes / 2**20:.0f} MiB)")
+    usable, why = interop.cuda_available()
+    print(f"cuda: {'usable' if usable else 'not usable'} ({why})")
+    layers = [((8, 64, 56, 56), (64, 64, 3, 3), 1), ((8, 256, 56, 56), (64, 256, 1, 1), 0),
+              ((8, 64, 56, 56), (64, 1, 3, 3), 1)]
+    print("auto picks:")
+    for x_shape, w_shape, padding in layers:
+        groups = x_shape[1] // w_shape[1]
+        print("  " + api.explain(x_shape, w_shape, padding=padding, groups=groups))
+        if usable:
+            print("  " + api.explain(x_shape, w_shape, padding=padding, groups=groups,
+                                     device="cuda"))
+    return 0
+
+
+def check() -> int:
+    from . import selfcheck
+    from .cuda import interop
+    devices = ("cpu", "cuda") if interop.cuda_available()[0] else ("cpu",)
+    return selfcheck.main(devices)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="python -m fastconv", description=__doc__)
+    parser.add_argument("command", choices=["info", "check", "demo", "filters", "bench"])
+    args, rest = parser.parse_known_args(argv[:1])
+    rest = argv[1:]
+    if args.command == "info":
+        return info()
+    if args.command == "check":
+        return check()
+    if args.command == "demo":
+        from . import demo
+        return demo.main(rest) or 0
+    if args.command == "filters":
+        from . import filters
+        return filters.main(rest) or 0
+    from . import bench
+    return bench.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

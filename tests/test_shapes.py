@@ -1,0 +1,66 @@
+"""Output sizes and padding normalisation: the one place they are computed."""
+import pytest
+
+from fastconv import shapes
+
+
+@pytest.mark.parametrize("value, expected", [
+    (3, (3, 3)), ((2, 5), (2, 5)), ([1, 4], (1, 4)),
+])
+def test_pair(value, expected):
+    assert shapes.pair(value, "stride") == expected
+
+
+@pytest.mark.parametrize("padding, kernel, dilation, expected", [
+    (0, (3, 3), (1, 1), (0, 0, 0, 0)),
+    (2, (3, 3), (1, 1), (2, 2, 2, 2)),
+    ((1, 2), (3, 3), (1, 1), (1, 1, 2, 2)),
+    (((0, 3), (1, 2)), (3, 3), (1, 1), (0, 3, 1, 2)),
+    ("valid", (5, 5), (1, 1), (0, 0, 0, 0)),
+    ("same", (3, 3), (1, 1), (1, 1, 1, 1)),
+    ("same", (4, 4), (1, 1), (1, 2, 1, 2)),      # even kernel: extra at bottom/right
+    ("same", (2, 5), (1, 1), (0, 1, 2, 2)),
+    ("same", (3, 3), (2, 3), (2, 2, 3, 3)),      # dilation widens the kernel
+    ("same", (4, 2), (3, 1), (4, 5, 0, 1)),
+])
+def test_conv_padding(padding, kernel, dilation, expected):
+    assert shapes.conv_padding(padding, kernel, dilation, (1, 1)) == expected
+
+
+@pytest.mark.parametrize("in_hw, kernel, stride, padding, dilation, ceil, expected", [
+    ((5, 5), (3, 3), (1, 1), (0, 0, 0, 0), (1, 1), False, (3, 3)),
+    ((5, 5), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), False, (5, 5)),
+    ((7, 8), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), False, (4, 4)),
+    ((7, 8), (3, 2), (2, 3), (0, 1, 2, 0), (2, 1), False, (2, 3)),
+    ((224, 224), (11, 11), (4, 4), (2, 2, 2, 2), (1, 1), False, (55, 55)),  # AlexNet conv1
+    ((6, 6), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), True, (3, 3)),
+    ((5, 5), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), False, (2, 2)),
+    ((5, 5), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), True, (3, 3)),
+    # ceil mode: a window that would start in the bottom/right padding is dropped
+    ((5, 5), (2, 2), (2, 2), (1, 1, 1, 1), (1, 1), True, (3, 3)),
+    ((6, 6), (3, 3), (3, 3), (1, 1, 1, 1), (1, 1), True, (3, 3)),
+    ((4, 4), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), True, (3, 3)),
+    ((55, 55), (3, 3), (2, 2), (0, 0, 0, 0), (1, 1), True, (27, 27)),
+])
+def test_output_size(in_hw, kernel, stride, padding, dilation, ceil, expected):
+    assert shapes.output_size(in_hw, kernel, stride, padding, dilation, ceil) == expected
+
+
+def test_output_size_matches_torch_over_a_grid():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    for size in range(3, 9):
+        for k in range(1, 4):
+            for s in range(1, 4):
+                for p in range(0, k // 2 + 1):
+                    for ceil in (False, True):
+                        x = torch.zeros(1, 1, size, size)
+                        out = F.max_pool2d(x, k, s, p, ceil_mode=ceil).shape[-1]
+                        ours = shapes.output_size((size, size), (k, k), (s, s),
+                                                  (p, p, p, p), (1, 1), ceil)
+                        assert ours == (out, out), (size, k, s, p, ceil)
+
+
+def test_kernel_larger_than_padded_input_is_refused():
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        shapes.output_size((2, 2), (3, 3), (1, 1), (0, 0, 0, 0))
