@@ -43,7 +43,12 @@ def _looks_like_device(obj) -> bool:
 class _Arrays:
     """The array arguments of one call, on one device, of one float dtype."""
 
+    OPTIONAL = ("bias",)
+
     def __init__(self, **named):
+        for name, obj in named.items():
+            if obj is None and name not in self.OPTIONAL:
+                raise TypeError(f"{name} must be an array, got None; fastconv accepts {_ACCEPTED}")
         given = {name: obj for name, obj in named.items() if obj is not None}
         kinds = {name: ("cuda" if _looks_like_device(obj) else "cpu")
                  for name, obj in given.items()}
@@ -184,8 +189,8 @@ def _check_image_shape(shape, name):
 class _ConvProblem:
     """A convolution's checked and normalised geometry (shared by forward and gradients)."""
 
-    def __init__(self, x_shape, w_shape, stride, padding, dilation, groups):
-        _check_image_shape(x_shape, "input")
+    def __init__(self, x_shape, w_shape, stride, padding, dilation, groups, x_name="x"):
+        _check_image_shape(x_shape, x_name)
         _check_weight_shape(w_shape)
         self.groups = _check_groups(groups, x_shape[1], w_shape[0], w_shape[1])
         self.stride, self.padding, self.dilation, self.out_hw = shapes.conv_geometry(
@@ -261,7 +266,6 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     arrays = _Arrays(x=x, weight=weight, bias=bias)
     x4, squeeze = _batched(arrays["x"], "x")
     w = arrays["weight"]
-    _check_weight_shape(w.shape)
     problem = _ConvProblem(x4.shape, w.shape, stride, padding, dilation, groups)
     if bias is not None and tuple(arrays["bias"].shape) != (w.shape[0],):
         raise ValueError(
@@ -306,8 +310,8 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     was_3d = len(input_shape) == 3
     x_shape = (1,) + input_shape if was_3d else input_shape
     w = arrays["weight"]
-    _check_weight_shape(w.shape)
-    problem = _ConvProblem(x_shape, w.shape, stride, padding, dilation, groups)
+    problem = _ConvProblem(x_shape, w.shape, stride, padding, dilation, groups,
+                           x_name="input_shape")
     go = _grad_out_4d(arrays, problem.out_shape, was_3d)
     module = problem.backend(arrays.device, algorithm, "conv2d_grad_input")
     if x_shape[0] == 0:
@@ -369,8 +373,8 @@ def _check_bool(value, name):
     return bool(value)
 
 
-def _pool_problem(x_shape, kernel_size, stride, padding, dilation, ceil_mode):
-    _check_image_shape(x_shape, "input")
+def _pool_problem(x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_name="x"):
+    _check_image_shape(x_shape, x_name)
     ceil_mode = _check_bool(ceil_mode, "ceil_mode")
     kernel_size, stride, padding, dilation, out_hw = shapes.pool_geometry(
         x_shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
@@ -490,7 +494,7 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
     count_include_pad = _check_bool(count_include_pad, "count_include_pad")
     divisor = _divisor(divisor_override)
     kernel_size, stride, padding, _, _, out_shape = _pool_problem(
-        x_shape, kernel_size, stride, padding, 1, ceil_mode)
+        x_shape, kernel_size, stride, padding, 1, ceil_mode, x_name="input_shape")
     go = _grad_out_4d(arrays, out_shape, was_3d)
     if x_shape[0] == 0:
         return arrays.give_back(arrays.empty(x_shape), was_3d)

@@ -1,0 +1,137 @@
+"""Bad input gets a TypeError/ValueError naming the argument, before any kernel runs,
+and leaves the inputs unchanged."""
+import numpy as np
+import pytest
+
+import fastconv as fc
+
+f32 = np.float32
+
+
+def x4(shape=(2, 3, 8, 8), dtype=f32):
+    return np.ones(shape, dtype=dtype)
+
+
+def w4(shape=(4, 3, 3, 3), dtype=f32):
+    return np.ones(shape, dtype=dtype)
+
+
+def go4(shape=(2, 4, 6, 6), dtype=f32):
+    return np.ones(shape, dtype=dtype)
+
+
+# (id, callable, exception type, a word the message must contain)
+BAD_CALLS = [
+    # dtypes
+    ("int x", lambda: fc.conv2d(x4(dtype=np.int32), w4()), TypeError, "x"),
+    ("bool weight", lambda: fc.conv2d(x4(), w4(dtype=bool)), TypeError, "weight"),
+    ("complex x", lambda: fc.conv2d(x4(dtype=np.complex64), w4()), TypeError, "x"),
+    ("object x", lambda: fc.conv2d(x4().astype(object), w4()), TypeError, "x"),
+    ("float16 x", lambda: fc.conv2d(x4(dtype=np.float16), w4()), TypeError, "float16"),
+    ("mixed dtypes", lambda: fc.conv2d(x4(), w4(dtype=np.float64)), TypeError, "dtype"),
+    ("int bias", lambda: fc.conv2d(x4(), w4(), np.ones(4, np.int64)), TypeError, "bias"),
+    ("string x", lambda: fc.conv2d("abc", w4()), TypeError, "x"),
+    ("None x", lambda: fc.conv2d(None, w4()), TypeError, "x"),
+    ("ragged list x", lambda: fc.conv2d([[1.0], [1.0, 2.0]], w4()), TypeError, "x"),
+    ("int list x", lambda: fc.conv2d([[[[1, 2], [3, 4]]]], w4((1, 1, 1, 1))), TypeError, "x"),
+    # shapes and channels
+    ("2-D x", lambda: fc.conv2d(np.ones((8, 8), f32), w4()), ValueError, "x"),
+    ("5-D x", lambda: fc.conv2d(np.ones((1, 1, 3, 8, 8), f32), w4()), ValueError, "x"),
+    ("3-D weight", lambda: fc.conv2d(x4(), np.ones((4, 3, 3), f32)), ValueError, "weight"),
+    ("channel mismatch", lambda: fc.conv2d(x4(), w4((4, 2, 3, 3))), ValueError, "weight"),
+    ("zero channels", lambda: fc.conv2d(x4((2, 0, 8, 8)), w4((4, 0, 3, 3))), ValueError, "x"),
+    ("zero-size kernel", lambda: fc.conv2d(x4(), w4((4, 3, 0, 3))), ValueError, "weight"),
+    ("kernel larger than input", lambda: fc.conv2d(x4((1, 3, 2, 2)), w4()), ValueError, "weight"),
+    ("bias wrong length", lambda: fc.conv2d(x4(), w4(), np.ones(3, f32)), ValueError, "bias"),
+    ("bias 2-D", lambda: fc.conv2d(x4(), w4(), np.ones((4, 1), f32)), ValueError, "bias"),
+    # groups
+    ("groups not dividing C_in", lambda: fc.conv2d(x4(), w4((3, 1, 3, 3)), groups=2), ValueError, "groups"),
+    ("groups not dividing C_out", lambda: fc.conv2d(x4((1, 4, 8, 8)), w4((3, 2, 3, 3)), groups=2), ValueError, "groups"),
+    ("groups zero", lambda: fc.conv2d(x4(), w4(), groups=0), ValueError, "groups"),
+    ("groups float", lambda: fc.conv2d(x4(), w4(), groups=1.0), TypeError, "groups"),
+    ("groups vs weight", lambda: fc.conv2d(x4((1, 4, 8, 8)), w4((4, 4, 3, 3)), groups=2), ValueError, "weight"),
+    # stride / padding / dilation
+    ("stride zero", lambda: fc.conv2d(x4(), w4(), stride=0), ValueError, "stride"),
+    ("stride negative", lambda: fc.conv2d(x4(), w4(), stride=(1, -1)), ValueError, "stride"),
+    ("stride float", lambda: fc.conv2d(x4(), w4(), stride=1.5), TypeError, "stride"),
+    ("stride NaN", lambda: fc.conv2d(x4(), w4(), stride=float("nan")), TypeError, "stride"),
+    ("stride bool", lambda: fc.conv2d(x4(), w4(), stride=True), TypeError, "stride"),
+    ("stride triple", lambda: fc.conv2d(x4(), w4(), stride=(1, 1, 1)), ValueError, "stride"),
+    ("stride string", lambda: fc.conv2d(x4(), w4(), stride="1"), TypeError, "stride"),
+    ("padding negative", lambda: fc.conv2d(x4(), w4(), padding=-1), ValueError, "padding"),
+    ("padding unknown string", lambda: fc.conv2d(x4(), w4(), padding="full"), ValueError, "padding"),
+    ("padding same strided", lambda: fc.conv2d(x4(), w4(), stride=2, padding="same"), ValueError, "same"),
+    ("padding wrong nesting", lambda: fc.conv2d(x4(), w4(), padding=((1, 1, 1), (1, 1))), ValueError, "padding"),
+    ("padding None", lambda: fc.conv2d(x4(), w4(), padding=None), TypeError, "padding"),
+    ("dilation zero", lambda: fc.conv2d(x4(), w4(), dilation=0), ValueError, "dilation"),
+    ("algorithm unknown", lambda: fc.conv2d(x4(), w4(), algorithm="fft"), ValueError, "algorithm"),
+    ("algorithm not a string", lambda: fc.conv2d(x4(), w4(), algorithm=1), ValueError, "algorithm"),
+    ("winograd on 5x5", lambda: fc.conv2d(x4(), w4((4, 3, 5, 5)), algorithm="winograd"), ValueError, "winograd"),
+    ("winograd strided", lambda: fc.conv2d(x4(), w4(), stride=2, algorithm="winograd"), ValueError, "stride"),
+    ("winograd dilated", lambda: fc.conv2d(x4(), w4(), dilation=2, algorithm="winograd"), ValueError, "dilation"),
+    # gradients
+    ("grad_input bad input_shape", lambda: fc.conv2d_grad_input(go4(), w4(), (2, 3)), ValueError, "input_shape"),
+    ("grad_input float input_shape", lambda: fc.conv2d_grad_input(go4(), w4(), (2, 3, 8.0, 8)), TypeError, "input_shape"),
+    ("grad_input grad_out shape", lambda: fc.conv2d_grad_input(go4((2, 4, 5, 6)), w4(), (2, 3, 8, 8)), ValueError, "grad_out"),
+    ("grad_input int grad_out", lambda: fc.conv2d_grad_input(go4(dtype=np.int64), w4(), (2, 3, 8, 8)), TypeError, "grad_out"),
+    ("grad_weight bad weight_shape", lambda: fc.conv2d_grad_weight(go4(), x4(), (4, 3, 3)), ValueError, "weight_shape"),
+    ("grad_weight grad_out channels", lambda: fc.conv2d_grad_weight(go4((2, 5, 6, 6)), x4(), (4, 3, 3, 3)), ValueError, "grad_out"),
+    ("grad_weight mixed dtypes", lambda: fc.conv2d_grad_weight(go4(dtype=np.float64), x4(), (4, 3, 3, 3)), TypeError, "dtype"),
+    ("grad_bias int", lambda: fc.conv2d_grad_bias(np.ones((1, 2, 3, 3), np.int32)), TypeError, "grad_out"),
+    ("grad_bias 2-D", lambda: fc.conv2d_grad_bias(np.ones((2, 3), f32)), ValueError, "grad_out"),
+    # pooling
+    ("pool kernel zero", lambda: fc.max_pool2d(x4(), 0), ValueError, "kernel_size"),
+    ("pool kernel float", lambda: fc.max_pool2d(x4(), 2.0), TypeError, "kernel_size"),
+    ("pool kernel None", lambda: fc.max_pool2d(x4(), None), TypeError, "kernel_size"),
+    ("pool padding over half", lambda: fc.max_pool2d(x4(), 2, padding=2), ValueError, "padding"),
+    ("pool padding same", lambda: fc.max_pool2d(x4(), 3, padding="same"), ValueError, "padding"),
+    ("pool kernel larger than input", lambda: fc.max_pool2d(x4((1, 1, 2, 2)), 3), ValueError, "kernel_size"),
+    ("pool stride zero", lambda: fc.avg_pool2d(x4(), 2, stride=0), ValueError, "stride"),
+    ("pool dilation negative", lambda: fc.max_pool2d(x4(), 2, dilation=-1), ValueError, "dilation"),
+    ("pool ceil_mode string", lambda: fc.max_pool2d(x4(), 2, ceil_mode="yes"), TypeError, "ceil_mode"),
+    ("pool return_indices int", lambda: fc.max_pool2d(x4(), 2, return_indices=2), TypeError, "return_indices"),
+    ("avg divisor zero", lambda: fc.avg_pool2d(x4(), 2, divisor_override=0), ValueError, "divisor_override"),
+    ("avg divisor float", lambda: fc.avg_pool2d(x4(), 2, divisor_override=2.5), TypeError, "divisor_override"),
+    ("avg count_include_pad None", lambda: fc.avg_pool2d(x4(), 2, count_include_pad=None), TypeError, "count_include_pad"),
+    ("pool int x", lambda: fc.avg_pool2d(x4(dtype=np.int8), 2), TypeError, "x"),
+    ("pool 2-D x", lambda: fc.max_pool2d(np.ones((4, 4), f32), 2), ValueError, "x"),
+    ("max backward grad_out shape", lambda: fc.max_pool2d_backward(go4((2, 3, 3, 3)), x4(), 2), ValueError, "grad_out"),
+    ("max backward mixed dtypes", lambda: fc.max_pool2d_backward(go4((2, 3, 4, 4), np.float64), x4(), 2), TypeError, "dtype"),
+    ("avg backward input_shape", lambda: fc.avg_pool2d_backward(go4((2, 3, 4, 4)), (2, 3, -8, 8), 2), ValueError, "input_shape"),
+    ("avg backward grad_out shape", lambda: fc.avg_pool2d_backward(go4((2, 3, 4, 5)), (2, 3, 8, 8), 2), ValueError, "grad_out"),
+    # relu
+    ("relu int", lambda: fc.relu(np.ones(3, np.int32)), TypeError, "x"),
+    ("relu_backward shape", lambda: fc.relu_backward(np.ones(3, f32), np.ones(4, f32)), ValueError, "grad_out"),
+    ("relu_backward mixed", lambda: fc.relu_backward(np.ones(3, f32), np.ones(3)), TypeError, "dtype"),
+    # explain
+    ("explain device", lambda: fc.explain((1, 3, 8, 8), (4, 3, 3, 3), device="tpu"), ValueError, "device"),
+]
+
+
+@pytest.mark.parametrize("call, error, word", [c[1:] for c in BAD_CALLS],
+                         ids=[c[0] for c in BAD_CALLS])
+def test_bad_call_raises_clear_error(call, error, word):
+    with pytest.raises(error) as info:
+        call()
+    assert word.lower() in str(info.value).lower(), str(info.value)
+
+
+def test_there_are_enough_bad_calls():
+    assert len(BAD_CALLS) >= 40
+
+
+def test_inputs_unchanged_after_a_refused_call():
+    x, w = x4(), w4((4, 2, 3, 3))
+    x_copy, w_copy = x.copy(), w.copy()
+    with pytest.raises(ValueError):
+        fc.conv2d(x, w)
+    np.testing.assert_array_equal(x, x_copy)
+    np.testing.assert_array_equal(w, w_copy)
+
+
+def test_output_too_large_to_index_is_refused():
+    # A broadcast view costs no memory; the output it would need cannot exist.
+    x = np.broadcast_to(np.float32(1), (2**40, 1, 1, 1))
+    w = np.ones((2**30, 1, 1, 1), f32)
+    with pytest.raises(ValueError, match="too large"):
+        fc.conv2d(x, w)
