@@ -1,0 +1,111 @@
+"""The API layer: dispatch, 3-D input, N = 0, dtypes, array-likes, docstrings."""
+import doctest
+
+import numpy as np
+import pytest
+
+import fastconv as fc
+from fastconv import api, reference
+
+ALGORITHMS = ["direct", "im2col", "winograd"]
+
+
+def test_docstring_examples_run():
+    failures, tried = doctest.testmod(api, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert tried > 5 and failures == 0
+
+
+def test_hand_computed_example():
+    # 1x1x3x3 input 0..8, 2x2 kernel [[1, 0], [0, -1]]: out[i, j] = x[i, j] - x[i+1, j+1] = -4
+    x = np.arange(9, dtype=np.float64).reshape(1, 1, 3, 3)
+    w = np.array([[[[1.0, 0.0], [0.0, -1.0]]]])
+    for algorithm in ["direct", "im2col"]:
+        out = fc.conv2d(x, w, bias=np.array([0.5]), algorithm=algorithm)
+        np.testing.assert_array_equal(out, [[[[-3.5, -3.5], [-3.5, -3.5]]]])
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_three_d_input_gives_three_d_output(algorithm, dtype, rng):
+    x = rng.standard_normal((3, 6, 7)).astype(dtype)
+    w = rng.standard_normal((2, 3, 3, 3)).astype(dtype)
+    out = fc.conv2d(x, w, padding=1, algorithm=algorithm)
+    assert out.shape == (2, 6, 7) and out.dtype == dtype
+    np.testing.assert_allclose(out, fc.conv2d(x[None], w, padding=1, algorithm=algorithm)[0])
+    go = np.ones_like(out)
+    assert fc.conv2d_grad_input(go, w, x.shape, padding=1, algorithm=algorithm).shape == x.shape
+    assert fc.conv2d_grad_weight(go, x, w.shape, padding=1, algorithm=algorithm).shape == w.shape
+    assert fc.conv2d_grad_bias(go).shape == (2,)
+    assert fc.max_pool2d(x, 2).shape == (3, 3, 3)
+    assert fc.max_pool2d_backward(np.ones((3, 3, 3), dtype), x, 2).shape == x.shape
+    assert fc.avg_pool2d(x, 2).shape == (3, 3, 3)
+    assert fc.avg_pool2d_backward(np.ones((3, 3, 3), dtype), x.shape, 2).shape == x.shape
+
+
+@pytest.mark.parametrize("algorithm", ["auto"] + ALGORITHMS)
+def test_empty_batch(algorithm):
+    x = np.zeros((0, 3, 8, 8), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    out = fc.conv2d(x, w, padding=1, algorithm=algorithm)
+    assert out.shape == (0, 4, 8, 8) and out.dtype == np.float32
+    assert fc.conv2d_grad_input(out, w, x.shape, padding=1, algorithm=algorithm).shape == x.shape
+    grad_w = fc.conv2d_grad_weight(out, x, w.shape, padding=1, algorithm=algorithm)
+    assert grad_w.shape == w.shape and not grad_w.any()
+    assert not fc.conv2d_grad_bias(out).any()
+    values, indices = fc.max_pool2d(x, 2, return_indices=True)
+    assert values.shape == indices.shape == (0, 3, 4, 4) and indices.dtype == np.int64
+    assert fc.max_pool2d_backward(values, x, 2).shape == x.shape
+    assert fc.avg_pool2d(x, 2).shape == (0, 3, 4, 4)
+    assert fc.avg_pool2d_backward(values, x.shape, 2).shape == x.shape
+
+
+def test_lists_are_converted_with_asarray():
+    out = fc.conv2d([[[[1.0, 2.0], [3.0, 4.0]]]], [[[[1.0]]]])
+    np.testing.assert_array_equal(out, [[[[1.0, 2.0], [3.0, 4.0]]]])
+
+
+def test_torch_cpu_tensors_are_array_likes(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((1, 2, 5, 5))
+    w = rng.standard_normal((3, 2, 3, 3))
+    out = fc.conv2d(torch.tensor(x), torch.tensor(w))
+    assert isinstance(out, np.ndarray)
+    np.testing.assert_allclose(out, torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w)),
+                               rtol=1e-12)
+
+
+def test_relu_and_its_gradient_follow_torch():
+    x = np.array([-2.0, -0.0, 0.0, 1.5, np.nan, np.inf, -np.inf])
+    np.testing.assert_array_equal(fc.relu(x), reference.relu(x))
+    go = np.arange(7.0)
+    np.testing.assert_array_equal(fc.relu_backward(go, x), reference.relu_backward(go, x))
+    assert fc.relu(x.astype(np.float32)).dtype == np.float32
+
+
+def test_grad_bias_is_a_channel_sum(rng):
+    go = rng.standard_normal((3, 5, 4, 2)).astype(np.float32)
+    out = fc.conv2d_grad_bias(go)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, go.astype(np.float64).sum((0, 2, 3)), rtol=1e-6)
+
+
+def test_explain_names_an_algorithm_and_a_reason():
+    text = fc.explain((8, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    assert any(name in text for name in ALGORITHMS)
+    assert "(8, 64, 56, 56)" in text
+
+
+@pytest.mark.parametrize("algorithm", ["auto"] + ALGORITHMS)
+def test_inputs_are_never_written(algorithm, rng):
+    x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    for a in (x, w, b):
+        a.flags.writeable = False  # any write attempt raises
+    out = fc.conv2d(x, w, b, padding=1, algorithm=algorithm)
+    go = np.ones_like(out)
+    go.flags.writeable = False
+    fc.conv2d_grad_input(go, w, x.shape, padding=1, algorithm=algorithm)
+    fc.conv2d_grad_weight(go, x, w.shape, padding=1, algorithm=algorithm)
+    fc.max_pool2d_backward(np.ones((2, 4, 4, 4), np.float32), x, 2)
+    fc.avg_pool2d(x, 3, 1, 1)
