@@ -14,6 +14,7 @@ import numpy as np
 
 from . import shapes
 from .config import ALGORITHMS, choose_algorithm
+from .threads import cpu_slot
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _ACCEPTED = "float32 or float64 arrays (NumPy, or CUDA arrays: CuPy, Numba, torch)"
@@ -233,8 +234,10 @@ def _module(device, algorithm):
 
 
 def _call(module, name, arrays, *args):
-    kwargs = {"stream": arrays.stream()} if arrays.device == "cuda" else {}
-    return getattr(module, name)(*args, **kwargs)
+    if arrays.device == "cuda":
+        return getattr(module, name)(*args, stream=arrays.stream())
+    with cpu_slot():
+        return getattr(module, name)(*args)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,

@@ -15,7 +15,8 @@ class Config:
 
     workspace_bytes: the most extra memory an algorithm may allocate for its
         scratch (im2col columns, Winograd tiles). Larger batches run in chunks.
-    num_threads: numba threads for the CPU kernels (None: numba's default).
+    num_threads: numba threads for the CPU kernels (None: all of numba's);
+        concurrent callers share them (see fastconv.threads).
     """
 
     def __init__(self):
@@ -51,8 +52,7 @@ class Config:
                     f"num_threads must be in 1..{numba.config.NUMBA_NUM_THREADS}, "
                     f"got {value!r}")
         with self._lock:
-            self._num_threads = value
-            numba.set_num_threads(value or numba.config.NUMBA_NUM_THREADS)
+            self._num_threads = value  # applied per call by fastconv.threads
 
 
 config = Config()
