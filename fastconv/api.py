@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from . import shapes
+from . import jitcache, shapes
 from .config import ALGORITHMS, choose_algorithm
 from .threads import cpu_slot
 
@@ -237,7 +237,7 @@ def _call(module, name, arrays, *args):
     if arrays.device == "cuda":
         return getattr(module, name)(*args, stream=arrays.stream())
     with cpu_slot():
-        return getattr(module, name)(*args)
+        return jitcache.call(getattr(module, name), *args)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
