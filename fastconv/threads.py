@@ -6,7 +6,9 @@ Two hazards when fastconv is called from many Python threads at once:
   process. There, calls are serialised.
 - with OpenMP/TBB, every calling thread gets its own team of
   `config.num_threads` workers: 8 callers on 2 cores would run 16 threads.
-  So each call in flight gets an equal share of the threads (at least one).
+  So a call takes its share of the threads still free (at least one, at
+  most total / calls in flight) and gives them back when it ends: with C
+  concurrent callers at most total + C - 1 threads run, instead of C * total.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numba
 _lock = threading.Lock()
 _serial = threading.Lock()
 _in_flight = 0
+_taken = 0
 
 
 def _total_threads() -> int:
@@ -28,17 +31,19 @@ def _total_threads() -> int:
 def _layer_is_threadsafe() -> bool:
     try:
         return numba.threading_layer() != "workqueue"
-    except ValueError:  # no parallel kernel has run yet: the layer is not chosen
-        return numba.config.THREADING_LAYER not in ("workqueue",)
+    except ValueError:  # no parallel kernel has run yet: the layer is not chosen,
+        return False    # so serialise until it is known
 
 
 @contextlib.contextmanager
 def cpu_slot():
     """Run the body with this thread's fair share of numba's threads."""
-    global _in_flight
+    global _in_flight, _taken
     with _lock:
         _in_flight += 1
-        share = max(1, _total_threads() // _in_flight)
+        total = _total_threads()
+        share = max(1, min(total - _taken, total // _in_flight))
+        _taken += share
     guard = contextlib.nullcontext() if _layer_is_threadsafe() else _serial
     try:
         with guard:
@@ -51,3 +56,4 @@ def cpu_slot():
     finally:
         with _lock:
             _in_flight -= 1
+            _taken -= share
