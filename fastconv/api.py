@@ -203,12 +203,17 @@ class _ConvProblem:
     def geometry(self):
         return self.stride, self.padding, self.dilation, self.groups
 
-    def backend(self, device, algorithm, operation="conv2d"):
+    def backend(self, device, algorithm, operation="conv2d", operands=()):
+        """The backend module for `algorithm`. `operands` are the arrays whose
+        values `auto` may look at: Winograd mixes whole tiles, so a NaN or Inf
+        would spread to outputs that PyTorch leaves finite; `auto` then takes im2col."""
         if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
         if algorithm == "auto":
             algorithm, _ = choose_algorithm(device, self.x_shape, self.w_shape, self.stride,
                                             self.dilation, self.groups, operation)
+            if algorithm == "winograd" and not all(map(_all_finite, operands)):
+                algorithm = "im2col"
         elif algorithm == "winograd":
             ok, why = winograd_supports(self.w_shape, self.stride, self.dilation)
             if not ok:
@@ -216,6 +221,15 @@ class _ConvProblem:
             if operation == "conv2d_grad_weight":
                 algorithm = "im2col"  # Winograd has no weight-gradient form; documented
         return _module(device, algorithm)
+
+
+def _all_finite(arr) -> bool:
+    """True when arr holds no NaN/Inf. One pass at memory speed: a sum is NaN or
+    Inf if any element is (or if it overflows, which only costs a safe fallback)."""
+    if not isinstance(arr, np.ndarray):
+        return True  # device arrays: see docs/reliability.md (Winograd NaN note)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(arr.sum(dtype=arr.dtype)))
 
 
 def winograd_supports(w_shape, stride, dilation):
@@ -274,7 +288,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
         raise ValueError(
             f"bias must have shape ({w.shape[0]},) to match weight's output channels, "
             f"got {tuple(arrays['bias'].shape)}")
-    module = problem.backend(arrays.device, algorithm)
+    module = problem.backend(arrays.device, algorithm, "conv2d", (x4, w))
     if x4.shape[0] == 0:
         return arrays.give_back(arrays.empty(problem.out_shape), squeeze)
     x4 = _batched(arrays.contiguous("x"), "x")[0]
@@ -316,7 +330,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     problem = _ConvProblem(x_shape, w.shape, stride, padding, dilation, groups,
                            x_name="input_shape")
     go = _grad_out_4d(arrays, problem.out_shape, was_3d)
-    module = problem.backend(arrays.device, algorithm, "conv2d_grad_input")
+    module = problem.backend(arrays.device, algorithm, "conv2d_grad_input", (go, w))
     if x_shape[0] == 0:
         return arrays.give_back(arrays.empty(x_shape), was_3d)
     grad_input = _call(module, "conv2d_grad_input", arrays, go, arrays.contiguous("weight"),
