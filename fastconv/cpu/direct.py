@@ -1,0 +1,177 @@
+"""Direct convolution: loop-nest numba kernels (the simple, workspace-free baseline).
+
+Backend contract: docs/internals.md. Every kernel is generic in kernel size,
+stride, padding (4 sides), dilation and groups. Padding is never materialised:
+the in-bounds output columns of each kernel offset are computed once
+(`valid_range`) so the innermost loop, over output columns, has no branches
+and is unit-stride (vectorised) for stride 1.
+
+Parallel loops split over independent outputs (rows of output/grad_input
+planes, weight-gradient slices), so results are deterministic.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from ._common import KERNEL, bias_or_zeros, readonly, valid_range
+
+
+@numba.njit(**KERNEL)
+def _forward(x, w, bias, out, sh, sw, pt, pl, dh, dw, groups):
+    n_img, c_in, height, width = x.shape
+    k_out, cg, kh, kw = w.shape
+    out_h, out_w = out.shape[2], out.shape[3]
+    kg = k_out // groups
+    # One work item: a block of up to 4 output channels of one output row.
+    kblocks = (kg + 3) // 4
+    total = n_img * groups * kblocks * out_h
+    for t in prange(total):
+        i = t % out_h
+        rest = t // out_h
+        kb = rest % kblocks
+        rest = rest // kblocks
+        g = rest % groups
+        n = rest // groups
+        k0 = g * kg + kb * 4
+        nk = min(4, g * kg + kg - k0)
+        for kk in range(nk):
+            row = out[n, k0 + kk, i]
+            b = bias[k0 + kk]
+            for j in range(out_w):
+                row[j] = b
+        for p in range(kh):
+            r = i * sh - pt + p * dh
+            if r < 0 or r >= height:
+                continue
+            for q in range(kw):
+                off = q * dw - pl
+                j0, j1 = valid_range(off, sw, width, out_w)
+                for cc in range(cg):
+                    xrow = x[n, g * cg + cc, r]
+                    if nk == 4:
+                        w0 = w[k0, cc, p, q]
+                        w1 = w[k0 + 1, cc, p, q]
+                        w2 = w[k0 + 2, cc, p, q]
+                        w3 = w[k0 + 3, cc, p, q]
+                        o0 = out[n, k0, i]
+                        o1 = out[n, k0 + 1, i]
+                        o2 = out[n, k0 + 2, i]
+                        o3 = out[n, k0 + 3, i]
+                        for j in range(j0, j1):
+                            v = xrow[j * sw + off]
+                            o0[j] += w0 * v
+                            o1[j] += w1 * v
+                            o2[j] += w2 * v
+                            o3[j] += w3 * v
+                    else:
+                        for kk in range(nk):
+                            wv = w[k0 + kk, cc, p, q]
+                            orow = out[n, k0 + kk, i]
+                            for j in range(j0, j1):
+                                orow[j] += wv * xrow[j * sw + off]
+
+
+@numba.njit(**KERNEL)
+def _grad_input(go, w, gi, sh, sw, pt, pl, dh, dw, groups):
+    """Each thread owns one row of grad_input and gathers every (k, p, q) term
+    landing on it: race-free and in a fixed order."""
+    n_img, c_in, height, width = gi.shape
+    k_out, cg, kh, kw = w.shape
+    out_h, out_w = go.shape[2], go.shape[3]
+    kg = k_out // groups
+    total = n_img * c_in * height
+    for t in prange(total):
+        r = t % height
+        rest = t // height
+        c = rest % c_in
+        n = rest // c_in
+        g = c // cg
+        cc = c - g * cg
+        girow = gi[n, c, r]
+        for s in range(width):
+            girow[s] = 0
+        for p in range(kh):
+            num = r + pt - p * dh
+            if num < 0 or num % sh != 0:
+                continue
+            i = num // sh
+            if i >= out_h:
+                continue
+            for q in range(kw):
+                off = q * dw - pl
+                j0, j1 = valid_range(off, sw, width, out_w)
+                for kk in range(kg):
+                    k = g * kg + kk
+                    wv = w[k, cc, p, q]
+                    gorow = go[n, k, i]
+                    for j in range(j0, j1):
+                        girow[j * sw + off] += wv * gorow[j]
+
+
+@numba.njit(**KERNEL)
+def _grad_weight(go, x, gw, sh, sw, pt, pl, dh, dw, groups):
+    """One thread per (k, c) slice of the weight; per-column partial sums
+    (acc[p, q, j]) keep the innermost loop elementwise (vectorised without
+    fastmath), summed over j at the end in a fixed order."""
+    n_img, c_in, height, width = x.shape
+    k_out, cg, kh, kw = gw.shape
+    out_h, out_w = go.shape[2], go.shape[3]
+    kg = k_out // groups
+    total = k_out * cg
+    for t in prange(total):
+        cc = t % cg
+        k = t // cg
+        g = k // kg
+        c = g * cg + cc
+        acc = np.zeros((kh * kw, out_w), dtype=gw.dtype)
+        for n in range(n_img):
+            for i in range(out_h):
+                gorow = go[n, k, i]
+                for p in range(kh):
+                    r = i * sh - pt + p * dh
+                    if r < 0 or r >= height:
+                        continue
+                    xrow = x[n, c, r]
+                    for q in range(kw):
+                        off = q * dw - pl
+                        j0, j1 = valid_range(off, sw, width, out_w)
+                        a = acc[p * kw + q]
+                        for j in range(j0, j1):
+                            a[j] += gorow[j] * xrow[j * sw + off]
+        for p in range(kh):
+            for q in range(kw):
+                a = acc[p * kw + q]
+                s = a[0] * 0
+                for j in range(out_w):
+                    s += a[j]
+                gw[k, cc, p, q] = s
+
+
+def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
+    """Forward convolution (cross-correlation); see docs/internals.md."""
+    n = x.shape[0]
+    out = np.empty((n, weight.shape[0]) + tuple(out_hw), dtype=x.dtype)
+    top, _, left, _ = padding
+    _forward(readonly(x), readonly(weight), bias_or_zeros(bias, weight.shape[0], x.dtype),
+             out, stride[0], stride[1], top, left, dilation[0], dilation[1], groups)
+    return out
+
+
+def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups):
+    """Gradient with respect to the input, gathered per input row."""
+    gi = np.empty(tuple(input_shape), dtype=grad_out.dtype)
+    top, _, left, _ = padding
+    _grad_input(readonly(grad_out), readonly(weight), gi, stride[0], stride[1], top, left,
+                dilation[0], dilation[1], groups)
+    return gi
+
+
+def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups):
+    """Gradient with respect to the weight, one (k, c) slice per thread."""
+    gw = np.empty(tuple(weight_shape), dtype=x.dtype)
+    top, _, left, _ = padding
+    _grad_weight(readonly(grad_out), readonly(x), gw, stride[0], stride[1], top, left,
+                 dilation[0], dilation[1], groups)
+    return gw
