@@ -1,0 +1,324 @@
+"""im2col convolution: pack patches into a bounded workspace, then BLAS GEMM.
+
+Backend contract: docs/internals.md. The work is split into tiles of the output
+(a chunk of whole images; or, when one image's columns do not fit, a block of
+output rows of one image; or, when one row does not fit, a block of columns of
+one row). For a tile of `T` output pixels of `B` images the workspace holds
+
+    cols: (C_in * kH * kW, B, T)   patches, rows ordered (c, p, q) like the weight
+    buf:  (C_out,          B, T)   GEMM result (forward) or packed grad_out (backward)
+
+so each group is one large GEMM, ``W_g (K_g x C_g*kH*kW) @ cols_g (C_g*kH*kW x B*T)``,
+and `workspace_bytes_needed` of them never exceed `fastconv.config.workspace_bytes`
+(read at call time). A convolution whose single output pixel would not fit
+(a bound below (C_in*kH*kW + C_out) * itemsize) is computed by the direct kernels,
+which need no workspace.
+
+1x1, stride 1, unpadded convolutions are a GEMM on the input as it is: no packing.
+grad_input packs grad_out, multiplies by the transposed weight and scatters back
+with col2im (parallel over (image, channel) planes, so race-free and
+deterministic); grad_weight packs both and accumulates one GEMM per tile.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from ..config import config
+from . import direct
+from ._common import KERNEL, bias_or_zeros, readonly, valid_range
+
+# --------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------
+
+
+@numba.njit(**KERNEL)
+def _pack(x, cols, n0, i0, j0, th, tw, kh, kw, sh, sw, pt, pl, dh, dw):
+    """cols[(c, p, q), b, ii*tw + jj] = xpad[n0+b, c, (i0+ii)*sh + p*dh, (j0+jj)*sw + q*dw]."""
+    height, width = x.shape[2], x.shape[3]
+    rows, nb = cols.shape[0], cols.shape[1]
+    for t in prange(rows * nb):
+        b = t % nb
+        row = t // nb
+        q = row % kw
+        p = (row // kw) % kh
+        c = row // (kw * kh)
+        dst = cols[row, b]
+        off = q * dw - pl
+        lo, hi = valid_range(off, sw, width, j0 + tw)
+        if lo < j0:
+            lo = j0
+        if hi < lo:
+            hi = lo
+        for ii in range(th):
+            r = (i0 + ii) * sh - pt + p * dh
+            base = ii * tw - j0
+            if r < 0 or r >= height:
+                for jj in range(ii * tw, ii * tw + tw):
+                    dst[jj] = 0
+                continue
+            xrow = x[n0 + b, c, r]
+            for j in range(j0, lo):
+                dst[base + j] = 0
+            for j in range(lo, hi):
+                dst[base + j] = xrow[j * sw + off]
+            for j in range(hi, j0 + tw):
+                dst[base + j] = 0
+
+
+@numba.njit(**KERNEL)
+def _col2im(dcols, gi, n0, i0, j0, th, tw, kh, kw, sh, sw, pt, pl, dh, dw):
+    """gi[n0+b, c] += the patches of dcols scattered back: one plane per thread."""
+    c_in, height, width = gi.shape[1], gi.shape[2], gi.shape[3]
+    nb = dcols.shape[1]
+    for t in prange(nb * c_in):
+        c = t % c_in
+        b = t // c_in
+        plane = gi[n0 + b, c]
+        for p in range(kh):
+            for q in range(kw):
+                src = dcols[(c * kh + p) * kw + q, b]
+                off = q * dw - pl
+                lo, hi = valid_range(off, sw, width, j0 + tw)
+                if lo < j0:
+                    lo = j0
+                if hi < lo:
+                    hi = lo
+                for ii in range(th):
+                    r = (i0 + ii) * sh - pt + p * dh
+                    if r < 0 or r >= height:
+                        continue
+                    girow = plane[r]
+                    base = ii * tw - j0
+                    for j in range(lo, hi):
+                        girow[j * sw + off] += src[base + j]
+
+
+@numba.njit(**KERNEL)
+def _unpack(buf, bias, out, n0, i0, j0, th, tw):
+    """out[n0+b, k, i0+ii, j0+jj] = buf[k, b, ii*tw + jj] + bias[k]."""
+    k_out, nb = buf.shape[0], buf.shape[1]
+    for t in prange(k_out * nb):
+        b = t % nb
+        k = t // nb
+        src = buf[k, b]
+        bk = bias[k]
+        for ii in range(th):
+            orow = out[n0 + b, k, i0 + ii]
+            for jj in range(tw):
+                orow[j0 + jj] = src[ii * tw + jj] + bk
+
+
+@numba.njit(**KERNEL)
+def _pack_out(go, buf, n0, i0, j0, th, tw):
+    """buf[k, b, ii*tw + jj] = go[n0+b, k, i0+ii, j0+jj] (grad_out laid out for the GEMM)."""
+    k_out, nb = buf.shape[0], buf.shape[1]
+    for t in prange(k_out * nb):
+        b = t % nb
+        k = t // nb
+        dst = buf[k, b]
+        for ii in range(th):
+            grow = go[n0 + b, k, i0 + ii]
+            for jj in range(tw):
+                dst[ii * tw + jj] = grow[j0 + jj]
+
+
+# --------------------------------------------------------------------------
+# planning the workspace
+# --------------------------------------------------------------------------
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def _is_pointwise(kernel_hw, stride, padding):
+    return tuple(kernel_hw) == (1, 1) and tuple(stride) == (1, 1) and not any(padding)
+
+
+def plan_tiles(n, c_in, k_out, kernel_hw, out_hw, itemsize, bound=None):
+    """The tile im2col works in: (images, rows, cols) per tile, or None when not even
+    one output pixel's columns fit in `bound` (then the direct kernels run).
+
+    `bound` defaults to `fastconv.config.workspace_bytes`, read now."""
+    if bound is None:
+        bound = config.workspace_bytes
+    out_h, out_w = out_hw
+    per_pixel = (c_in * kernel_hw[0] * kernel_hw[1] + k_out) * itemsize
+    if per_pixel * out_h * out_w <= bound:
+        nb = min(n, bound // (per_pixel * out_h * out_w))
+        nb = _ceil_div(n, _ceil_div(n, nb))          # balance the chunks
+        return nb, out_h, out_w
+    if per_pixel * out_w <= bound:
+        th = bound // (per_pixel * out_w)
+        th = _ceil_div(out_h, _ceil_div(out_h, th))
+        return 1, th, out_w
+    if per_pixel <= bound:
+        tw = bound // per_pixel
+        tw = _ceil_div(out_w, _ceil_div(out_w, tw))
+        return 1, 1, tw
+    return None
+
+
+def workspace_bytes_needed(x_shape, w_shape, out_hw, stride, padding, itemsize, bound=None):
+    """Bytes of scratch one im2col call allocates (for forward and both gradients):
+    0 for 1x1/stride-1/unpadded convolutions and when the direct fallback runs."""
+    if _is_pointwise(w_shape[2:], stride, padding):
+        return 0
+    tile = plan_tiles(x_shape[0], x_shape[1], w_shape[0], w_shape[2:], out_hw, itemsize, bound)
+    if tile is None:
+        return 0
+    nb, th, tw = tile
+    return (x_shape[1] * w_shape[2] * w_shape[3] + w_shape[0]) * nb * th * tw * itemsize
+
+
+def _allocate_workspace(nbytes, dtype):
+    """The one allocation of scratch (tests wrap this to watch the bound)."""
+    return np.empty(nbytes // np.dtype(dtype).itemsize, dtype=dtype)
+
+
+def _tiles(n, out_hw, tile):
+    nb, th, tw = tile
+    for n0 in range(0, n, nb):
+        for i0 in range(0, out_hw[0], th):
+            for j0 in range(0, out_hw[1], tw):
+                yield n0, min(nb, n - n0), i0, min(th, out_hw[0] - i0), j0, min(tw, out_hw[1] - j0)
+
+
+def _workspace(x_shape, w_shape, out_hw, dtype, tile):
+    nb, th, tw = tile
+    rows = x_shape[1] * w_shape[2] * w_shape[3]
+    k_out = w_shape[0]
+    space = _allocate_workspace((rows + k_out) * nb * th * tw * np.dtype(dtype).itemsize, dtype)
+    return space, rows, k_out
+
+
+def _views(space, rows, k_out, nb, th, tw, size):
+    """cols (rows, nb, th*tw) and buf (k_out, nb, th*tw) for a tile of `size` pixels per image."""
+    cols = space[:rows * nb * size].reshape(rows, nb, size)
+    start = rows * nb * th * tw
+    buf = space[start:start + k_out * nb * size].reshape(k_out, nb, size)
+    return cols, buf
+
+
+def _geometry(stride, padding, dilation):
+    top, _, left, _ = padding
+    return stride[0], stride[1], top, left, dilation[0], dilation[1]
+
+
+# --------------------------------------------------------------------------
+# backend functions
+# --------------------------------------------------------------------------
+
+
+def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
+    """Forward convolution by im2col + GEMM; see the module docstring."""
+    n, c_in = x.shape[:2]
+    k_out, cg, kh, kw = weight.shape
+    kg = k_out // groups
+    out = np.empty((n, k_out) + tuple(out_hw), dtype=x.dtype)
+    w2 = weight.reshape(k_out, cg * kh * kw)
+    if _is_pointwise((kh, kw), stride, padding):
+        x3 = x.reshape(n, c_in, -1)
+        out3 = out.reshape(n, k_out, -1)
+        for g in range(groups):
+            np.matmul(w2[g * kg:(g + 1) * kg], x3[:, g * cg:(g + 1) * cg],
+                      out=out3[:, g * kg:(g + 1) * kg])
+        if bias is not None:
+            out3 += bias[None, :, None]
+        return out
+    tile = plan_tiles(n, c_in, k_out, (kh, kw), out_hw, x.dtype.itemsize)
+    if tile is None:
+        return direct.conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw)
+    geometry = _geometry(stride, padding, dilation)
+    xr = readonly(x)
+    bias_r = bias_or_zeros(bias, k_out, x.dtype)
+    space, rows, _ = _workspace(x.shape, weight.shape, out_hw, x.dtype, tile)
+    rg = cg * kh * kw
+    for n0, nb, i0, th, j0, tw in _tiles(n, out_hw, tile):
+        cols, buf = _views(space, rows, k_out, nb, tile[1], tile[2], th * tw)
+        _pack(xr, cols, n0, i0, j0, th, tw, kh, kw, *geometry)
+        cols2 = cols.reshape(rows, nb * th * tw)
+        buf2 = buf.reshape(k_out, nb * th * tw)
+        for g in range(groups):
+            np.matmul(w2[g * kg:(g + 1) * kg], cols2[g * rg:(g + 1) * rg],
+                      out=buf2[g * kg:(g + 1) * kg])
+        _unpack(readonly(buf), bias_r, out, n0, i0, j0, th, tw)
+    return out
+
+
+def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups):
+    """Gradient with respect to the input: W^T @ packed grad_out, then col2im."""
+    n, c_in = input_shape[:2]
+    k_out, cg, kh, kw = weight.shape
+    kg = k_out // groups
+    out_hw = grad_out.shape[2:]
+    dtype = grad_out.dtype
+    w2 = weight.reshape(k_out, cg * kh * kw)
+    if _is_pointwise((kh, kw), stride, padding):
+        gi = np.empty(tuple(input_shape), dtype=dtype)
+        gi3 = gi.reshape(n, c_in, -1)
+        go3 = grad_out.reshape(n, k_out, -1)
+        for g in range(groups):
+            np.matmul(w2[g * kg:(g + 1) * kg].T, go3[:, g * kg:(g + 1) * kg],
+                      out=gi3[:, g * cg:(g + 1) * cg])
+        return gi
+    tile = plan_tiles(n, c_in, k_out, (kh, kw), out_hw, dtype.itemsize)
+    if tile is None:
+        return direct.conv2d_grad_input(grad_out, weight, input_shape, stride, padding,
+                                        dilation, groups)
+    geometry = _geometry(stride, padding, dilation)
+    gi = np.zeros(tuple(input_shape), dtype=dtype)
+    gor = readonly(grad_out)
+    space, rows, _ = _workspace(input_shape, weight.shape, out_hw, dtype, tile)
+    rg = cg * kh * kw
+    for n0, nb, i0, th, j0, tw in _tiles(n, out_hw, tile):
+        dcols, buf = _views(space, rows, k_out, nb, tile[1], tile[2], th * tw)
+        _pack_out(gor, buf, n0, i0, j0, th, tw)
+        dcols2 = dcols.reshape(rows, nb * th * tw)
+        buf2 = buf.reshape(k_out, nb * th * tw)
+        for g in range(groups):
+            np.matmul(w2[g * kg:(g + 1) * kg].T, buf2[g * kg:(g + 1) * kg],
+                      out=dcols2[g * rg:(g + 1) * rg])
+        _col2im(readonly(dcols), gi, n0, i0, j0, th, tw, kh, kw, *geometry)
+    return gi
+
+
+def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups):
+    """Gradient with respect to the weight: packed grad_out @ cols^T, summed over tiles."""
+    n, c_in = x.shape[:2]
+    k_out, cg, kh, kw = weight_shape
+    kg = k_out // groups
+    rg = cg * kh * kw
+    out_hw = grad_out.shape[2:]
+    dtype = x.dtype
+    gw = np.zeros(tuple(weight_shape), dtype=dtype)
+    gw2 = gw.reshape(k_out, rg)
+    partial = np.empty((kg, rg), dtype=dtype)
+    if _is_pointwise((kh, kw), stride, padding):
+        x3 = x.reshape(n, c_in, -1)
+        go3 = grad_out.reshape(n, k_out, -1)
+        for g in range(groups):
+            for i in range(n):
+                np.matmul(go3[i, g * kg:(g + 1) * kg], x3[i, g * cg:(g + 1) * cg].T, out=partial)
+                gw2[g * kg:(g + 1) * kg] += partial
+        return gw
+    tile = plan_tiles(n, c_in, k_out, (kh, kw), out_hw, dtype.itemsize)
+    if tile is None:
+        return direct.conv2d_grad_weight(grad_out, x, weight_shape, stride, padding,
+                                         dilation, groups)
+    geometry = _geometry(stride, padding, dilation)
+    xr, gor = readonly(x), readonly(grad_out)
+    space, rows, _ = _workspace(x.shape, weight_shape, out_hw, dtype, tile)
+    for n0, nb, i0, th, j0, tw in _tiles(n, out_hw, tile):
+        cols, buf = _views(space, rows, k_out, nb, tile[1], tile[2], th * tw)
+        _pack(xr, cols, n0, i0, j0, th, tw, kh, kw, *geometry)
+        _pack_out(gor, buf, n0, i0, j0, th, tw)
+        cols2 = cols.reshape(rows, nb * th * tw)
+        buf2 = buf.reshape(k_out, nb * th * tw)
+        for g in range(groups):
+            np.matmul(buf2[g * kg:(g + 1) * kg], cols2[g * rg:(g + 1) * rg].T, out=partial)
+            gw2[g * kg:(g + 1) * kg] += partial
+    return gw
