@@ -1,0 +1,202 @@
+"""Max and average pooling kernels (PyTorch's semantics), parallel over (n, c) planes.
+
+Backend contract: docs/internals.md. Each kernel walks an output row at a time:
+for every kernel offset the in-bounds output columns are computed once, so the
+innermost loop runs over output columns with no bounds checks (unit stride in
+the input for stride 1). Padding is never materialised (it is -inf for max
+pooling, so it never wins; average pooling applies PyTorch's divisor rules).
+
+Max pooling: a NaN wins and is kept with its index once seen; among equal
+maxima the first in row-major window order wins (strictly-greater updates in
+(p, q) order). Backward recomputes that argmax from x and scatter-adds
+grad_out serially within each plane: deterministic, race-free, and
+overlapping windows accumulate.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from ._common import HELPER, KERNEL, readonly, valid_range
+
+
+@numba.njit(**HELPER)
+def _max_row(plane, i, best, idx, kh, kw, sh, sw, pt, pl, dh, dw):
+    """best[j], idx[j] = the winner of output (i, j)'s window and its flat index r*W + s."""
+    height, width = plane.shape
+    out_w = best.shape[0]
+    for j in range(out_w):
+        best[j] = -np.inf
+        idx[j] = -1
+    for p in range(kh):
+        r = i * sh - pt + p * dh
+        if r < 0 or r >= height:
+            continue
+        xrow = plane[r]
+        for q in range(kw):
+            off = q * dw - pl
+            j0, j1 = valid_range(off, sw, width, out_w)
+            base = r * width + off
+            for j in range(j0, j1):
+                v = xrow[j * sw + off]
+                b = best[j]
+                # strictly greater keeps the first maximum; a NaN replaces a non-NaN
+                # and then stays; the first in-bounds element always enters.
+                take = (v > b) | ((v != v) & (b == b)) | (idx[j] < 0)
+                if take:
+                    best[j] = v
+                    idx[j] = base + j * sw
+
+
+@numba.njit(**KERNEL)
+def _max_forward(x, values, indices, kh, kw, sh, sw, pt, pl, dh, dw):
+    n_img, c_in = x.shape[0], x.shape[1]
+    out_h = values.shape[2]
+    for t in prange(n_img * c_in):
+        c = t % c_in
+        n = t // c_in
+        plane = x[n, c]
+        for i in range(out_h):
+            _max_row(plane, i, values[n, c, i], indices[n, c, i], kh, kw, sh, sw, pt, pl, dh, dw)
+
+
+@numba.njit(**KERNEL)
+def _max_backward(go, x, gi, kh, kw, sh, sw, pt, pl, dh, dw):
+    n_img, c_in, height, width = x.shape
+    out_h, out_w = go.shape[2], go.shape[3]
+    for t in prange(n_img * c_in):
+        c = t % c_in
+        n = t // c_in
+        plane = x[n, c]
+        flat = gi[n, c].reshape(height * width)
+        for s in range(height * width):
+            flat[s] = 0
+        best = np.empty(out_w, dtype=x.dtype)
+        idx = np.empty(out_w, dtype=np.int64)
+        for i in range(out_h):
+            _max_row(plane, i, best, idx, kh, kw, sh, sw, pt, pl, dh, dw)
+            grow = go[n, c, i]
+            for j in range(out_w):
+                flat[idx[j]] += grow[j]
+
+
+@numba.njit(**HELPER)
+def _avg_columns(width, out_w, kw, sw, pl, pr):
+    """PyTorch's per-column window sizes: (with padding, clipped to the input)."""
+    pool_w = np.empty(out_w, dtype=np.int64)
+    clip_w = np.empty(out_w, dtype=np.int64)
+    for j in range(out_w):
+        wstart = j * sw - pl
+        wend = min(wstart + kw, width + pr)
+        pool_w[j] = wend - wstart
+        clip_w[j] = min(wend, width) - max(wstart, 0)
+    return pool_w, clip_w
+
+
+@numba.njit(**HELPER)
+def _avg_rows(i, height, kh, sh, pt, pb):
+    """(h0, h1, pool_h): the clipped input rows of output row i and the padded window height."""
+    hstart = i * sh - pt
+    hend = min(hstart + kh, height + pb)
+    return max(hstart, 0), min(hend, height), hend - hstart
+
+
+@numba.njit(**HELPER)
+def _divisor(divisor, count_include_pad, pool_h, pool_w, clip_h, clip_w):
+    if divisor != 0:
+        return divisor
+    if count_include_pad:
+        return pool_h * pool_w
+    return clip_h * clip_w
+
+
+@numba.njit(**KERNEL)
+def _avg_forward(x, out, kh, kw, sh, sw, pt, pb, pl, pr, count_include_pad, divisor):
+    n_img, c_in, height, width = x.shape
+    out_h, out_w = out.shape[2], out.shape[3]
+    pool_w, clip_w = _avg_columns(width, out_w, kw, sw, pl, pr)
+    for t in prange(n_img * c_in):
+        c = t % c_in
+        n = t // c_in
+        plane = x[n, c]
+        for i in range(out_h):
+            row = out[n, c, i]
+            for j in range(out_w):
+                row[j] = 0
+            h0, h1, pool_h = _avg_rows(i, height, kh, sh, pt, pb)
+            for r in range(h0, h1):
+                xrow = plane[r]
+                for q in range(kw):
+                    off = q - pl
+                    j0, j1 = valid_range(off, sw, width, out_w)
+                    for j in range(j0, j1):
+                        row[j] += xrow[j * sw + off]
+            for j in range(out_w):
+                row[j] /= _divisor(divisor, count_include_pad, pool_h, pool_w[j],
+                                   h1 - h0, clip_w[j])
+
+
+@numba.njit(**KERNEL)
+def _avg_backward(go, gi, kh, kw, sh, sw, pt, pb, pl, pr, count_include_pad, divisor):
+    n_img, c_in, height, width = gi.shape
+    out_h, out_w = go.shape[2], go.shape[3]
+    pool_w, clip_w = _avg_columns(width, out_w, kw, sw, pl, pr)
+    for t in prange(n_img * c_in):
+        c = t % c_in
+        n = t // c_in
+        plane = gi[n, c]
+        for r in range(height):
+            for s in range(width):
+                plane[r, s] = 0
+        share = np.empty(out_w, dtype=gi.dtype)
+        for i in range(out_h):
+            h0, h1, pool_h = _avg_rows(i, height, kh, sh, pt, pb)
+            grow = go[n, c, i]
+            for j in range(out_w):
+                share[j] = grow[j] / _divisor(divisor, count_include_pad, pool_h, pool_w[j],
+                                              h1 - h0, clip_w[j])
+            for r in range(h0, h1):
+                girow = plane[r]
+                for q in range(kw):
+                    off = q - pl
+                    j0, j1 = valid_range(off, sw, width, out_w)
+                    for j in range(j0, j1):
+                        girow[j * sw + off] += share[j]
+
+
+def max_pool2d(x, kernel_size, stride, padding, dilation, out_hw):
+    """(values, int64 indices h*W + w per plane); see the module docstring."""
+    shape = tuple(x.shape[:2]) + tuple(out_hw)
+    values = np.empty(shape, dtype=x.dtype)
+    indices = np.empty(shape, dtype=np.int64)
+    top, _, left, _ = padding
+    _max_forward(readonly(x), values, indices, kernel_size[0], kernel_size[1], stride[0],
+                 stride[1], top, left, dilation[0], dilation[1])
+    return values, indices
+
+
+def max_pool2d_backward(grad_out, x, kernel_size, stride, padding, dilation):
+    """Each output's gradient added to its window's winner (recomputed from x)."""
+    gi = np.empty(x.shape, dtype=x.dtype)
+    top, _, left, _ = padding
+    _max_backward(readonly(grad_out), readonly(x), gi, kernel_size[0], kernel_size[1],
+                  stride[0], stride[1], top, left, dilation[0], dilation[1])
+    return gi
+
+
+def avg_pool2d(x, kernel_size, stride, padding, out_hw, count_include_pad, divisor):
+    """Average pooling with PyTorch's divisor rules (`divisor` 0: none given)."""
+    out = np.empty(tuple(x.shape[:2]) + tuple(out_hw), dtype=x.dtype)
+    _avg_forward(readonly(x), out, kernel_size[0], kernel_size[1], stride[0], stride[1],
+                 *padding, bool(count_include_pad), int(divisor))
+    return out
+
+
+def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride, padding,
+                        count_include_pad, divisor):
+    """Each output's gradient / its divisor, spread over its clipped window."""
+    gi = np.empty(tuple(input_shape), dtype=grad_out.dtype)
+    _avg_backward(readonly(grad_out), gi, kernel_size[0], kernel_size[1], stride[0],
+                  stride[1], *padding, bool(count_include_pad), int(divisor))
+    return gi
