@@ -1,0 +1,105 @@
+"""Shared helpers for the CUDA backends (direct, pooling; im2col/gemm/winograd may use them).
+
+For the other CUDA modules
+--------------------------
+- ``@kernel_factory``: memoise a function that *builds* a ``cuda.jit`` kernel from
+  hashable parameters (dtype name, tile sizes, ...), CuPy-ndimage style. The
+  compile-time constants are closure variables of the kernel, so each
+  specialisation (e.g. shared-memory tile shapes, register-block sizes) is
+  built once per process and its dispatcher keeps its compiled code::
+
+      @kernel_factory
+      def _make_fill(dtype_name, value):
+          @cuda.jit
+          def fill(out):
+              ...
+          return fill
+
+  Call it with hashable arguments only (``np.dtype(x.dtype).name``, ints).
+- ``cdiv``, ``pow2_at_most``, ``pow2_at_least``: launch-configuration arithmetic.
+- ``stream_or_default(stream)``: ``None`` -> ``0`` (the default stream).
+- ``launch_1d(n, threads)``: (blocks, threads) for a grid-stride 1-D loop, with the
+  block count capped (kernels loop with ``cuda.gridsize(1)``; indices are int64).
+- ``empty(shape, dtype, stream)``, ``zeros(shape, dtype, stream)``: device allocation.
+- ``SHARED_BYTES``: the static/dynamic shared-memory budget a kernel may plan for
+  (48 KiB: the default per-block limit without opt-in).
+
+Nothing here converts arrays between libraries: that is ``interop``'s job.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import cuda
+
+SHARED_BYTES = 48 * 1024
+MAX_BLOCKS_1D = 65535 * 8   # grid-stride loops cover the rest
+MAX_GRID_YZ = 65535
+
+
+def kernel_factory(fn):
+    """Memoise a kernel builder on its (hashable) arguments. See the module docstring."""
+    return functools.lru_cache(maxsize=None)(fn)
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
+
+
+def pow2_at_least(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def pow2_at_most(n: int) -> int:
+    return 1 << (max(1, int(n)).bit_length() - 1)
+
+
+def stream_or_default(stream):
+    return 0 if stream is None else stream
+
+
+def launch_1d(n: int, threads: int = 256):
+    """(blocks, threads) for a grid-stride loop over n items (n >= 1)."""
+    threads = min(threads, pow2_at_least(max(32, min(n, threads))))
+    return max(1, min(cdiv(n, threads), MAX_BLOCKS_1D)), threads
+
+
+@kernel_factory
+def _make_fill(dtype_name: str):
+    @cuda.jit
+    def fill(out, value):
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < out.size:
+            out[i] = value
+            i += step
+    return fill
+
+
+def empty(shape, dtype, stream=0):
+    return cuda.device_array(tuple(int(s) for s in shape), np.dtype(dtype),
+                             stream=stream_or_default(stream))
+
+
+def fill(arr, value, stream=0):
+    """Fill a C-contiguous device array in place (on the device, no host copy)."""
+    if arr.size:
+        flat = arr.reshape(arr.size)
+        blocks, threads = launch_1d(arr.size)
+        _make_fill(np.dtype(arr.dtype).name)[blocks, threads, stream_or_default(stream)](
+            flat, arr.dtype.type(value))
+    return arr
+
+
+def zeros(shape, dtype, stream=0):
+    return fill(empty(shape, dtype, stream), 0, stream)
+
+
+def grid_yz(n: int) -> int:
+    """A gridDim.y/z of at most 65535 for n work items; kernels loop over the rest."""
+    return max(1, min(int(n), MAX_GRID_YZ))
+
+
+__all__ = ["kernel_factory", "cdiv", "pow2_at_least", "pow2_at_most", "stream_or_default",
+           "launch_1d", "empty", "zeros", "fill", "grid_yz", "SHARED_BYTES"]
