@@ -1,0 +1,325 @@
+"""Our own tiled shared-memory SGEMM/DGEMM for the CUDA backends.
+
+    C[g] = alpha * op(A[g]) @ op(B[g]) + beta * C[g] (+ bias[row])     g = 0 .. batch-1
+
+The kernel is the classic register-blocked GEMM: a block of ``threads =
+(BM/TM) * (BN/TN)`` threads computes a ``BM x BN`` tile of C, stepping through
+the reduction dimension ``BK`` at a time. Each step the block copies a ``BM x BK``
+tile of op(A) and a ``BK x BN`` tile of op(B) into shared memory (zeros outside
+the matrices, so partial edge tiles need no special case), then every thread
+accumulates its ``TM x TN`` outputs in registers from ``TM + TN`` shared loads per
+``k`` (outer product). The thread-to-output map is interleaved (thread ``(ty, tx)``
+owns rows ``ty + i*BM/TM`` and columns ``tx + j*BN/TN``), so a warp's shared loads
+of B are consecutive words (no bank conflicts) and its stores to C are coalesced.
+
+The tile sizes are compile-time constants of a memoised kernel factory
+(``_make_gemm``); a :class:`GemmConfig` names them. ``LARGE`` (128x128x8, 8x8 per
+thread, 256 threads) is the default for big problems on a GPU, ``MEDIUM``
+(64x64x8, 4x4) for problems with too few 128x128 tiles to fill the GPU, and
+``SMALL`` (8x8x4, 2x2, 16 threads) is for the CUDA simulator, which runs one
+Python thread per CUDA thread.
+
+Operands
+--------
+Every operand is a 3-D numba device array (any strides: views are fine). The
+*stored* matrix of batch entry ``g`` (op(A) = A^T when ``trans_a``: A is stored
+``K x M``) is read in one of two ways:
+
+- plain: ``X[g, r, c]`` (``X[0, r, c]`` for every ``g`` when ``X.shape[0] == 1``:
+  a broadcast operand);
+- split (``(L, off)`` given): the stored columns are the flattened ``(image,
+  pixel)`` pairs of an NCHW-like array ``X`` of shape ``(P, batch*R, L)``: element
+  ``(g, r, c)`` is ``X[(off + c) // L, g*R + r, (off + c) % L]``, where ``R`` is
+  the stored row count. This is how the convolution backends multiply by (or
+  write into) ``(N, C, H*W)`` arrays chunk by chunk with no transposing copy:
+  im2col's forward writes its GEMM result straight into the output, grad_input
+  reads grad_out in place, grad_weight reduces over ``(image, pixel)``.
+
+Tuning notes (none of this was measured: the project was written without a GPU)
+---------------------------------------------------------------------------------
+- The main loop has no register prefetch / shared double buffering: on a GPU,
+  loading the next tiles into registers before the FMA loop (and ping-ponging two
+  shared buffers, one ``syncthreads`` per step) usually gives 10-30%.
+- Numba emits scalar loads: ``float4``-style vector loads of the shared tiles
+  (``LDS.128``) would cut shared-load instructions 4x; one way is to declare the
+  shared tiles with a trailing axis of 4 and read whole rows.
+- ``LARGE`` vs ``MEDIUM`` is chosen by tile count against the SM count
+  (:func:`choose_config`); a 128x64 / 64x128 config and split-K (for grad_weight,
+  whose reduction N*H*W is long while M x N is small) are the next candidates.
+- Split operands pay an integer division per element load; for split B the
+  column of a thread's loads does not change with ``k`` and could be hoisted.
+- Block swizzling (walking tiles in groups of rows) improves L2 reuse at 4096^2.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import cuda
+
+from ._kernels import kernel_factory, stream_or_default
+
+MAX_GRID_YZ = 65535
+
+
+class GemmConfig(NamedTuple):
+    """Compile-time tile sizes: a BM x BN tile of C per block, BK-deep steps,
+    TM x TN outputs per thread. BM % TM == BN % TN == 0."""
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+    def shared_bytes(self, itemsize: int) -> int:
+        return self.bk * (self.bm + 4 + self.bn + 4) * itemsize
+
+
+LARGE = GemmConfig(128, 128, 8, 8, 8)   # 256 threads, 64 accumulators each
+MEDIUM = GemmConfig(64, 64, 8, 4, 4)    # 256 threads, 16 accumulators each
+SMALL = GemmConfig(8, 8, 4, 2, 2)       # 16 threads: for the simulator and tests
+TINY = GemmConfig(4, 4, 2, 2, 2)        # 4 threads: simulator tests of many edge tiles
+
+_SM_COUNT = None
+
+
+def _sm_count() -> int:
+    global _SM_COUNT
+    if _SM_COUNT is None:
+        try:
+            _SM_COUNT = int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+        except Exception:  # simulator or no device attribute
+            _SM_COUNT = 1
+    return _SM_COUNT
+
+
+def choose_config(m: int, n: int, batch: int = 1) -> GemmConfig:
+    """The tile configuration for an (M x N) x batch problem.
+
+    Under the simulator: SMALL (a Python thread per CUDA thread). On a GPU: LARGE
+    when it makes at least two 128x128 tiles per SM, else MEDIUM (more, smaller
+    blocks fill the GPU better than a few big ones). Untuned: see the module notes.
+    """
+    if _simulator():
+        return SMALL
+    tiles = math.ceil(m / 128) * math.ceil(n / 128) * batch
+    return LARGE if tiles >= 2 * _sm_count() else MEDIUM
+
+
+def _simulator() -> bool:
+    return bool(numba.config.ENABLE_CUDASIM)
+
+
+# --------------------------------------------------------------------------
+# the kernel
+# --------------------------------------------------------------------------
+
+@kernel_factory
+def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
+               split_a: bool, split_b: bool, split_c: bool):
+    BM, BN, BK, TM, TN = cfg
+    THREADS = cfg.threads
+    TX = BN // TN          # threads along n
+    TY = BM // TM          # threads along m
+    # Pad the shared tile whose global reads run along k (stored row-major with k
+    # contiguous): consecutive threads then store to different banks.
+    PAD_A = 0 if trans_a else 4
+    PAD_B = 4 if trans_b else 0
+    dt = numba.from_dtype(np.dtype(dtype_name))
+
+    @cuda.jit
+    def gemm(A, B, C, bias, m_dim, n_dim, k_dim, batch,
+             la, oa, lb, ob, lc, oc, alpha, beta, has_bias):
+        As = cuda.shared.array((BK, BM + PAD_A), dtype=dt)
+        Bs = cuda.shared.array((BK, BN + PAD_B), dtype=dt)
+        acc = cuda.local.array((TM, TN), dtype=dt)
+        ra = cuda.local.array(TM, dtype=dt)
+        rb = cuda.local.array(TN, dtype=dt)
+        tid = cuda.threadIdx.x
+        tx = tid % TX
+        ty = tid // TX
+        m_tiles = (m_dim + BM - 1) // BM
+        # Stored row counts per batch entry (for split operands).
+        ra_rows = k_dim if trans_a else m_dim
+        rb_rows = n_dim if trans_b else k_dim
+        for g in range(cuda.blockIdx.z, batch, cuda.gridDim.z):
+            ga = g if A.shape[0] > 1 else 0
+            gb = g if B.shape[0] > 1 else 0
+            for by in range(cuda.blockIdx.y, m_tiles, cuda.gridDim.y):
+                row0 = by * BM
+                col0 = cuda.blockIdx.x * BN
+                for i in range(TM):
+                    for j in range(TN):
+                        acc[i, j] = 0
+                for k0 in range(0, k_dim, BK):
+                    # ---- op(A) tile -> As[kk, i] -------------------------------
+                    for e in range(tid, BM * BK, THREADS):
+                        if trans_a:        # stored (k, m), contiguous along m
+                            i = e % BM
+                            kk = e // BM
+                        else:              # stored (m, k), contiguous along k
+                            kk = e % BK
+                            i = e // BK
+                        m = row0 + i
+                        k = k0 + kk
+                        v = dt(0)
+                        if m < m_dim and k < k_dim:
+                            r = k if trans_a else m
+                            c = m if trans_a else k
+                            if split_a:
+                                cc = oa + c
+                                v = A[cc // la, g * ra_rows + r, cc % la]
+                            else:
+                                v = A[ga, r, c]
+                        As[kk, i] = v
+                    # ---- op(B) tile -> Bs[kk, j] -------------------------------
+                    for e in range(tid, BK * BN, THREADS):
+                        if trans_b:        # stored (n, k), contiguous along k
+                            kk = e % BK
+                            j = e // BK
+                        else:              # stored (k, n), contiguous along n
+                            j = e % BN
+                            kk = e // BN
+                        n = col0 + j
+                        k = k0 + kk
+                        v = dt(0)
+                        if n < n_dim and k < k_dim:
+                            r = n if trans_b else k
+                            c = k if trans_b else n
+                            if split_b:
+                                cc = ob + c
+                                v = B[cc // lb, g * rb_rows + r, cc % lb]
+                            else:
+                                v = B[gb, r, c]
+                        Bs[kk, j] = v
+                    cuda.syncthreads()
+                    for kk in range(BK):
+                        for i in range(TM):
+                            ra[i] = As[kk, ty + i * TY]
+                        for j in range(TN):
+                            rb[j] = Bs[kk, tx + j * TX]
+                        for i in range(TM):
+                            for j in range(TN):
+                                acc[i, j] += ra[i] * rb[j]
+                    cuda.syncthreads()
+                # ---- epilogue: alpha, beta, bias; only in-range outputs ---------
+                for i in range(TM):
+                    m = row0 + ty + i * TY
+                    if m < m_dim:
+                        row = g * m_dim + m
+                        for j in range(TN):
+                            n = col0 + tx + j * TX
+                            if n < n_dim:
+                                v = alpha * acc[i, j]
+                                if has_bias:
+                                    v += bias[row]
+                                if split_c:
+                                    cc = oc + n
+                                    if beta != 0:
+                                        v += beta * C[cc // lc, row, cc % lc]
+                                    C[cc // lc, row, cc % lc] = v
+                                else:
+                                    if beta != 0:
+                                        v += beta * C[g, m, n]
+                                    C[g, m, n] = v
+    return gemm
+
+
+# --------------------------------------------------------------------------
+# launching
+# --------------------------------------------------------------------------
+
+def launch(a, b, c, m, n, k, batch=1, *, trans_a=False, trans_b=False, alpha=1.0,
+           beta=0.0, bias=None, split_a=None, split_b=None, split_c=None,
+           config=None, stream=0):
+    """Run the batched GEMM on 3-D device operands (see the module docstring).
+
+    ``m, n, k``: the logical sizes of op(A) (m x k) and op(B) (k x n) per batch
+    entry; ``split_x``: ``None`` or ``(L, off)`` for a split operand; ``bias``:
+    ``None`` or a 1-D array indexed by ``g*m + row`` (after ``alpha``, before
+    ``beta*C``). With ``beta == 0`` C is never read (it may hold garbage/NaN).
+    """
+    if m == 0 or n == 0 or batch == 0:
+        return c
+    dtype = np.dtype(c.dtype)
+    cfg = config or choose_config(m, n, batch)
+    kern = _make_gemm(GemmConfig(*cfg), dtype.name, bool(trans_a), bool(trans_b),
+                      split_a is not None, split_b is not None, split_c is not None)
+    la, oa = split_a or (1, 0)
+    lb, ob = split_b or (1, 0)
+    lc, oc = split_c or (1, 0)
+    has_bias = bias is not None
+    if bias is None:
+        bias = cuda.device_array(1, dtype, stream=stream_or_default(stream))
+    grid = (math.ceil(n / cfg.bn), min(math.ceil(m / cfg.bm), MAX_GRID_YZ),
+            min(batch, MAX_GRID_YZ))
+    kern[grid, GemmConfig(*cfg).threads, stream_or_default(stream)](
+        a, b, c, bias, np.int64(m), np.int64(n), np.int64(k), np.int64(batch),
+        np.int64(la), np.int64(oa), np.int64(lb), np.int64(ob), np.int64(lc),
+        np.int64(oc), dtype.type(alpha), dtype.type(beta), has_bias)
+    return c
+
+
+def matmul(a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0,
+           config=None, stream=0):
+    """``out = alpha * op(a) @ op(b) + beta * out`` on numba device arrays.
+
+    ``a``, ``b``: 2-D, or 3-D batched (a batch of 1 broadcasts), float32 or
+    float64, one dtype; ``trans_a``/``trans_b`` transpose the last two axes (no
+    copy is made: the kernel reads the stored layout). ``out``: ``None`` (a new
+    C-contiguous array; ``beta`` must then be 0) or a device array of the result
+    shape. ``config``: a :class:`GemmConfig` (``SMALL`` etc.); default by size.
+    Returns ``out``.
+    """
+    if a.ndim not in (2, 3) or b.ndim not in (2, 3):
+        raise ValueError(f"matmul needs 2-D or 3-D arrays, got {a.shape} and {b.shape}")
+    if np.dtype(a.dtype) != np.dtype(b.dtype) or np.dtype(a.dtype) not in (
+            np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"matmul needs two float32 or two float64 arrays, "
+                        f"got {a.dtype} and {b.dtype}")
+    batched = a.ndim == 3 or b.ndim == 3
+    a3 = a if a.ndim == 3 else _add_axis(a)
+    b3 = b if b.ndim == 3 else _add_axis(b)
+    m, ka = (a3.shape[2], a3.shape[1]) if trans_a else (a3.shape[1], a3.shape[2])
+    kb, n = (b3.shape[2], b3.shape[1]) if trans_b else (b3.shape[1], b3.shape[2])
+    if ka != kb:
+        raise ValueError(f"matmul: inner dimensions differ: op(a) is {m}x{ka}, "
+                         f"op(b) is {kb}x{n}")
+    batch = max(a3.shape[0], b3.shape[0])
+    if a3.shape[0] not in (1, batch) or b3.shape[0] not in (1, batch):
+        raise ValueError(f"matmul: batch sizes {a3.shape[0]} and {b3.shape[0]} differ")
+    shape = (batch, m, n) if batched else (m, n)
+    if out is None:
+        if beta != 0:
+            raise ValueError("matmul: beta != 0 needs an `out` to accumulate into")
+        out = cuda.device_array(shape, a.dtype, stream=stream_or_default(stream))
+    elif tuple(out.shape) != shape or np.dtype(out.dtype) != np.dtype(a.dtype):
+        raise ValueError(f"matmul: out must be {shape} {a.dtype}, got "
+                         f"{tuple(out.shape)} {out.dtype}")
+    c3 = out if batched else _add_axis(out)
+    launch(a3, b3, c3, m, n, ka, batch, trans_a=trans_a, trans_b=trans_b, alpha=alpha,
+           beta=beta, config=config, stream=stream)
+    return out
+
+
+def _add_axis(arr):
+    """A (1, r, c) view of a 2-D device array (any strides; no copy)."""
+    if arr.is_c_contiguous():
+        return arr.reshape((1,) + tuple(arr.shape))
+    if _simulator():
+        return arr[None]
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    return DeviceNDArray((1,) + tuple(arr.shape), (0,) + tuple(arr.strides), arr.dtype,
+                         stream=arr.stream, gpu_data=arr.gpu_data)
+
+
+gemm = matmul
+
+__all__ = ["GemmConfig", "LARGE", "MEDIUM", "SMALL", "TINY", "choose_config", "launch",
+           "matmul", "gemm"]
