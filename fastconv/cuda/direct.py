@@ -1,0 +1,433 @@
+"""Direct convolution on the GPU: numba.cuda kernels, tiled in shared memory, register-blocked.
+
+Backend contract: docs/internals.md (arguments already validated and normalised;
+C-contiguous numba device arrays in, a new numba device array out). Every kernel is
+generic in kernel size, stride, 4-sided padding, dilation and groups, for float32
+and float64; padding is never materialised. How they work: docs/cuda.md.
+
+- forward: a block computes a tile of TH x (TW*PX) output pixels for KB output
+  channels of one (image, group). Per chunk of input channels it stages the input
+  patch the tile reads and the KB x chunk x kh x kw weights in (dynamic) shared
+  memory; each thread accumulates KB channels x PX pixels in registers (PX pixels
+  TW apart, so a warp's loads and stores are contiguous). When the patch would not
+  fit in shared memory (huge dilation/stride) the input is read from global memory.
+- grad_input: a gather, no atomics. A thread owns CB input channels x PX input
+  pixels and sums, over the kernel offsets and the output channels of its group,
+  grad_out at the output positions that read the pixel; weight chunks are staged in
+  shared memory.
+- grad_weight: a block owns KB output channels x one input channel x all kh*kw
+  offsets, its threads stride over a slice of the (image, output pixel) reduction,
+  then reduce in shared memory in a fixed tree order. Large reductions are split
+  over `splits` blocks that write partial sums; a second kernel adds them in a
+  fixed order. Deterministic: the same inputs give the same bits.
+
+Indexing: device arrays are indexed with numba's intp (int64) and their strides, and
+every index derived from block/thread ids is promoted to int64, so tensors over 2**31
+elements index correctly. Kernels are built per (dtype, block sizes) by memoised
+factories (`_kernels.kernel_factory`); geometry is a runtime argument, so one compiled
+kernel per dtype and block shape serves every layer.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from . import _kernels
+from ._kernels import SHARED_BYTES, cdiv, kernel_factory, pow2_at_least, stream_or_default
+
+_NUMBA_DTYPES = {"float32": "float32", "float64": "float64"}
+
+
+def _nb_dtype(name):
+    import numba
+    return getattr(numba, _NUMBA_DTYPES[name])
+
+
+# --------------------------------------------------------------------------
+# Forward
+# --------------------------------------------------------------------------
+
+@kernel_factory
+def _make_forward(dtype_name: str, KB: int, PX: int):
+    dt = _nb_dtype(dtype_name)
+    zero = np.dtype(dtype_name).type(0)
+
+    @cuda.jit
+    def forward(x, w, bias, has_bias, out, sh, sw, pt, pl, dh, dw, groups, kblocks,
+                cc_chunk, pr, pc, use_smem):
+        height, width = x.shape[2], x.shape[3]
+        k_out, cg, kh, kw = w.shape
+        n_img, out_h, out_w = out.shape[0], out.shape[2], out.shape[3]
+        kg = k_out // groups
+        tw = cuda.blockDim.x
+        th = cuda.blockDim.y
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * tw + tx
+        nthreads = tw * th
+        smem = cuda.shared.array(0, dt)
+        wsize = KB * cc_chunk * kh * kw
+        s_w = smem[:wsize]
+        s_x = smem[wsize:]
+        acc = cuda.local.array(KB * PX, dt)
+        oh = cuda.blockIdx.y * th + ty
+        ow0 = cuda.blockIdx.x * (tw * PX) + tx
+        row0 = cuda.blockIdx.y * th * sh - pt        # input row of the patch origin
+        col0 = cuda.blockIdx.x * (tw * PX) * sw - pl
+        total_z = n_img * groups * kblocks
+        for z in range(cuda.blockIdx.z, total_z, cuda.gridDim.z):
+            kb = z % kblocks
+            rest = z // kblocks
+            g = rest % groups
+            n = rest // groups
+            k0 = g * kg + kb * KB
+            nk = min(KB, g * kg + kg - k0)
+            for a in range(KB * PX):
+                acc[a] = zero
+            for c0 in range(0, cg, cc_chunk):
+                ncc = min(cc_chunk, cg - c0)
+                cbase = g * cg + c0
+                for e in range(tid, wsize, nthreads):
+                    q = e % kw
+                    t = e // kw
+                    p = t % kh
+                    t = t // kh
+                    cc = t % cc_chunk
+                    kk = t // cc_chunk
+                    v = zero
+                    if kk < nk and cc < ncc:
+                        v = w[k0 + kk, c0 + cc, p, q]
+                    s_w[e] = v
+                if use_smem:
+                    for e in range(tid, cc_chunk * pr * pc, nthreads):
+                        col = e % pc
+                        t = e // pc
+                        r = t % pr
+                        cc = t // pr
+                        ir = row0 + r
+                        ic = col0 + col
+                        v = zero
+                        if cc < ncc and ir >= 0 and ir < height and ic >= 0 and ic < width:
+                            v = x[n, cbase + cc, ir, ic]
+                        s_x[e] = v
+                cuda.syncthreads()
+                if oh < out_h:
+                    for cc in range(ncc):
+                        for p in range(kh):
+                            for q in range(kw):
+                                wbase = (cc * kh + p) * kw + q
+                                for j in range(PX):
+                                    if use_smem:
+                                        xv = s_x[(cc * pr + ty * sh + p * dh) * pc
+                                                 + (tx + j * tw) * sw + q * dw]
+                                    else:
+                                        ir = oh * sh - pt + p * dh
+                                        ic = (ow0 + j * tw) * sw - pl + q * dw
+                                        xv = zero
+                                        if ir >= 0 and ir < height and ic >= 0 and ic < width:
+                                            xv = x[n, cbase + cc, ir, ic]
+                                    for kk in range(KB):
+                                        acc[kk * PX + j] += (
+                                            s_w[kk * cc_chunk * kh * kw + wbase] * xv)
+                cuda.syncthreads()
+            if oh < out_h:
+                for kk in range(nk):
+                    b = bias[k0 + kk] if has_bias else zero
+                    for j in range(PX):
+                        ow = ow0 + j * tw
+                        if ow < out_w:
+                            out[n, k0 + kk, oh, ow] = acc[kk * PX + j] + b
+
+    return forward
+
+
+def _block_kb(per_group):
+    return 4 if per_group >= 3 else per_group
+
+
+def _forward_plan(x_shape, w_shape, stride, dilation, groups, out_hw, itemsize):
+    """Launch plan: block (tw, th), register block (KB, PX), channel chunk, patch."""
+    k_out, cg, kh, kw = w_shape
+    out_h, out_w = out_hw
+    kb = _block_kb(k_out // groups)
+    px = 2 if out_w >= 2 else 1
+    tw = min(16, pow2_at_least(cdiv(out_w, px)))
+    th = min(8, pow2_at_least(out_h))
+    pr = (th - 1) * stride[0] + (kh - 1) * dilation[0] + 1
+    pc = (tw * px - 1) * stride[1] + (kw - 1) * dilation[1] + 1
+    cc = min(cg, 8)
+    while cc > 1 and (kb * cc * kh * kw + cc * pr * pc) * itemsize > SHARED_BYTES:
+        cc //= 2
+    use_smem = (kb * cc * kh * kw + cc * pr * pc) * itemsize <= SHARED_BYTES
+    if not use_smem:
+        cc = min(cg, 8)
+        while cc > 1 and kb * cc * kh * kw * itemsize > SHARED_BYTES:
+            cc //= 2
+    shared = (kb * cc * kh * kw + (cc * pr * pc if use_smem else 0)) * itemsize
+    return dict(kb=kb, px=px, tw=tw, th=th, cc=cc, pr=pr, pc=pc,
+                use_smem=use_smem, shared=shared)
+
+
+def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw, stream=0):
+    """(N, C_in, H, W) * (C_out, C_in/groups, kh, kw) -> (N, C_out, out_h, out_w)."""
+    stream = stream_or_default(stream)
+    n_img = x.shape[0]
+    k_out = weight.shape[0]
+    out = _kernels.empty((n_img, k_out) + tuple(out_hw), x.dtype, stream)
+    plan = _forward_plan(x.shape, weight.shape, stride, dilation, groups, out_hw,
+                         x.dtype.itemsize)
+    kblocks = cdiv(k_out // groups, plan["kb"])
+    grid = (cdiv(out_hw[1], plan["tw"] * plan["px"]), cdiv(out_hw[0], plan["th"]),
+            _kernels.grid_yz(n_img * groups * kblocks))
+    kernel = _make_forward(np.dtype(x.dtype).name, plan["kb"], plan["px"])
+    has_bias = bias is not None
+    bias_arg = bias if has_bias else weight.reshape(weight.size)
+    kernel[grid, (plan["tw"], plan["th"]), stream, plan["shared"]](
+        x, weight, bias_arg, has_bias, out, stride[0], stride[1], padding[0], padding[2],
+        dilation[0], dilation[1], groups, kblocks, plan["cc"], plan["pr"], plan["pc"],
+        plan["use_smem"])
+    return out
+
+
+# --------------------------------------------------------------------------
+# grad_input (gather)
+# --------------------------------------------------------------------------
+
+@kernel_factory
+def _make_grad_input(dtype_name: str, CB: int, PX: int):
+    dt = _nb_dtype(dtype_name)
+    zero = np.dtype(dtype_name).type(0)
+
+    @cuda.jit
+    def grad_input(grad_out, w, gx, sh, sw, pt, pl, dh, dw, groups, cblocks, kc_chunk):
+        n_img, c_in, height, width = gx.shape
+        k_out, cg, kh, kw = w.shape
+        out_h, out_w = grad_out.shape[2], grad_out.shape[3]
+        kg = k_out // groups
+        tw = cuda.blockDim.x
+        th = cuda.blockDim.y
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * tw + tx
+        nthreads = tw * th
+        s_w = cuda.shared.array(0, dt)     # [kc, cb, p, q]
+        wsize = kc_chunk * CB * kh * kw
+        acc = cuda.local.array(CB * PX, dt)
+        ih = cuda.blockIdx.y * th + ty
+        iw0 = cuda.blockIdx.x * (tw * PX) + tx
+        total_z = n_img * groups * cblocks
+        for z in range(cuda.blockIdx.z, total_z, cuda.gridDim.z):
+            cb0 = z % cblocks
+            rest = z // cblocks
+            g = rest % groups
+            n = rest // groups
+            c0 = cb0 * CB                   # first channel within the group
+            ncb = min(CB, cg - c0)
+            for a in range(CB * PX):
+                acc[a] = zero
+            for k0 in range(0, kg, kc_chunk):
+                nkc = min(kc_chunk, kg - k0)
+                for e in range(tid, wsize, nthreads):
+                    q = e % kw
+                    t = e // kw
+                    p = t % kh
+                    t = t // kh
+                    cb = t % CB
+                    kc = t // CB
+                    v = zero
+                    if kc < nkc and cb < ncb:
+                        v = w[g * kg + k0 + kc, c0 + cb, p, q]
+                    s_w[e] = v
+                cuda.syncthreads()
+                if ih < height:
+                    for p in range(kh):
+                        t_h = ih + pt - p * dh
+                        if t_h < 0 or t_h % sh != 0:
+                            continue
+                        oh = t_h // sh
+                        if oh >= out_h:
+                            continue
+                        for q in range(kw):
+                            for j in range(PX):
+                                t_w = iw0 + j * tw + pl - q * dw
+                                if t_w < 0 or t_w % sw != 0:
+                                    continue
+                                ow = t_w // sw
+                                if ow >= out_w or iw0 + j * tw >= width:
+                                    continue
+                                for kc in range(nkc):
+                                    go = grad_out[n, g * kg + k0 + kc, oh, ow]
+                                    wb = ((kc * CB) * kh + p) * kw + q
+                                    for cb in range(CB):
+                                        acc[cb * PX + j] += go * s_w[wb + cb * kh * kw]
+                cuda.syncthreads()
+            if ih < height:
+                for cb in range(ncb):
+                    for j in range(PX):
+                        iw = iw0 + j * tw
+                        if iw < width:
+                            gx[n, g * cg + c0 + cb, ih, iw] = acc[cb * PX + j]
+
+    return grad_input
+
+
+def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups,
+                      stream=0):
+    """Gradient with respect to x, of shape `input_shape`; deterministic gather."""
+    stream = stream_or_default(stream)
+    n_img, c_in, height, width = input_shape
+    k_out, cg, kh, kw = weight.shape
+    gx = _kernels.empty(input_shape, grad_out.dtype, stream)
+    itemsize = grad_out.dtype.itemsize
+    cb = _block_kb(cg)
+    px = 2 if width >= 2 else 1
+    tw = min(16, pow2_at_least(cdiv(width, px)))
+    th = min(8, pow2_at_least(height))
+    kc = min(k_out // groups, 16)
+    while kc > 1 and kc * cb * kh * kw * itemsize > SHARED_BYTES:
+        kc //= 2
+    cblocks = cdiv(cg, cb)
+    grid = (cdiv(width, tw * px), cdiv(height, th), _kernels.grid_yz(n_img * groups * cblocks))
+    kernel = _make_grad_input(np.dtype(grad_out.dtype).name, cb, px)
+    kernel[grid, (tw, th), stream, kc * cb * kh * kw * itemsize](
+        grad_out, weight, gx, stride[0], stride[1], padding[0], padding[2],
+        dilation[0], dilation[1], groups, cblocks, kc)
+    return gx
+
+
+# --------------------------------------------------------------------------
+# grad_weight (block reduction, optional deterministic split)
+# --------------------------------------------------------------------------
+
+@kernel_factory
+def _make_grad_weight(dtype_name: str, KB: int, KHW: int, RCH: int):
+    dt = _nb_dtype(dtype_name)
+    zero = np.dtype(dtype_name).type(0)
+
+    @cuda.jit
+    def grad_weight(grad_out, x, partial, sh, sw, pt, pl, dh, dw, groups, kblocks,
+                    kh, kw, per_split):
+        # partial: (splits, K, cg, kh*kw); block (b, s) owns KB output channels x one
+        # input channel, reduction items [s*per_split, (s+1)*per_split).
+        n_img, c_in, height, width = x.shape
+        k_out, out_h, out_w = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
+        cg = c_in // groups
+        kg = k_out // groups
+        nt = cuda.blockDim.x
+        tid = cuda.threadIdx.x
+        red = cuda.shared.array(0, dt)     # [RCH, nt]
+        acc = cuda.local.array(KB * KHW, dt)
+        gov = cuda.local.array(KB, dt)
+        plane = out_h * out_w
+        total = n_img * plane
+        nwork = groups * kblocks * cg
+        splits = partial.shape[0]
+        for work in range(cuda.blockIdx.x, nwork * splits, cuda.gridDim.x):
+            s = work // nwork
+            b = work % nwork
+            c = b % cg
+            rest = b // cg
+            kb = rest % kblocks
+            g = rest // kblocks
+            k0 = g * kg + kb * KB
+            nk = min(KB, g * kg + kg - k0)
+            cin = g * cg + c
+            for a in range(KB * KHW):
+                acc[a] = zero
+            r_end = min(total, (s + 1) * per_split)
+            for r in range(s * per_split + tid, r_end, nt):
+                n = r // plane
+                pix = r % plane
+                oh = pix // out_w
+                ow = pix % out_w
+                for kk in range(KB):
+                    gov[kk] = grad_out[n, k0 + kk, oh, ow] if kk < nk else zero
+                for p in range(kh):
+                    ir = oh * sh - pt + p * dh
+                    if ir < 0 or ir >= height:
+                        continue
+                    for q in range(kw):
+                        ic = ow * sw - pl + q * dw
+                        if ic < 0 or ic >= width:
+                            continue
+                        xv = x[n, cin, ir, ic]
+                        for kk in range(KB):
+                            acc[kk * KHW + p * kw + q] += gov[kk] * xv
+            # Fixed-order tree reduction, RCH accumulators at a time.
+            for a0 in range(0, KB * KHW, RCH):
+                for i in range(RCH):
+                    red[i * nt + tid] = acc[a0 + i] if a0 + i < KB * KHW else zero
+                cuda.syncthreads()
+                step = nt // 2
+                while step > 0:
+                    if tid < step:
+                        for i in range(RCH):
+                            red[i * nt + tid] += red[i * nt + tid + step]
+                    cuda.syncthreads()
+                    step //= 2
+                if tid < RCH and a0 + tid < KB * KHW:
+                    a = a0 + tid
+                    kk = a // KHW
+                    if kk < nk:
+                        partial[s, k0 + kk, c, a % KHW] = red[tid * nt]
+                cuda.syncthreads()
+
+    return grad_weight
+
+
+@kernel_factory
+def _make_sum_splits(dtype_name: str):
+    @cuda.jit
+    def sum_splits(partial, out):
+        # out[i] = sum over s of partial[s, i], in order s = 0, 1, ...
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < out.size:
+            acc = partial[0, i]
+            for s in range(1, partial.shape[0]):
+                acc += partial[s, i]
+            out[i] = acc
+            i += step
+    return sum_splits
+
+
+_TARGET_BLOCKS = 1024     # enough blocks to fill a large GPU several times over
+_MIN_ITEMS_PER_THREAD = 16
+
+
+def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups,
+                       stream=0):
+    """Gradient with respect to the weight, of shape `weight_shape`; deterministic."""
+    stream = stream_or_default(stream)
+    k_out, cg, kh, kw = weight_shape
+    n_img = x.shape[0]
+    out_h, out_w = grad_out.shape[2], grad_out.shape[3]
+    total = n_img * out_h * out_w
+    dtype_name = np.dtype(x.dtype).name
+    itemsize = x.dtype.itemsize
+    khw = kh * kw
+    kb = _block_kb(k_out // groups) if khw <= 25 else 1
+    kblocks = cdiv(k_out // groups, kb)
+    nwork = groups * kblocks * cg
+    nt = min(256, max(32, pow2_at_least(total)))
+    rch = min(kb * khw, 16)
+    splits = max(1, min(_TARGET_BLOCKS // nwork, cdiv(total, nt * _MIN_ITEMS_PER_THREAD)))
+    per_split = cdiv(total, splits)
+    splits = cdiv(total, per_split)
+    partial = _kernels.empty((splits, k_out, cg, khw), x.dtype, stream)
+    kernel = _make_grad_weight(dtype_name, kb, khw, rch)
+    blocks = min(nwork * splits, _kernels.MAX_BLOCKS_1D)
+    kernel[blocks, nt, stream, rch * nt * itemsize](
+        grad_out, x, partial, stride[0], stride[1], padding[0], padding[2],
+        dilation[0], dilation[1], groups, kblocks, kh, kw, per_split)
+    if splits == 1:
+        return partial.reshape(tuple(weight_shape))
+    out = _kernels.empty(tuple(weight_shape), x.dtype, stream)
+    size = k_out * cg * khw
+    blocks, threads = _kernels.launch_1d(size)
+    _make_sum_splits(dtype_name)[blocks, threads, stream](
+        partial.reshape(splits, size), out.reshape(size))
+    return out
+
+
+__all__ = ["conv2d", "conv2d_grad_input", "conv2d_grad_weight"]
