@@ -154,6 +154,12 @@ def test_pooling_matches_reference(cfg):
     np.testing.assert_array_equal(indices, ref_indices)
     assert_close(fc.max_pool2d_backward(go, xl, dilation=cfg["dilation"], **kw),
                  reference.max_pool2d_backward(go, x, k, s, p, d, cfg["ceil_mode"]), dtype)
+    # Average pooling has no dilation: its own output size.
+    try:
+        *_, avg_hw = pool_geometry(x.shape[2:], k, s, p, 1, cfg["ceil_mode"])
+    except ValueError:
+        return
+    go = rng.standard_normal(x.shape[:2] + avg_hw).astype(dtype)
     avg_kw = dict(count_include_pad=cfg["count_include_pad"],
                   divisor_override=cfg["divisor"], **kw)
     assert_close(fc.avg_pool2d(xl, **avg_kw),
