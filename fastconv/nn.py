@@ -40,6 +40,7 @@ import math
 import numbers
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -883,30 +884,32 @@ class Sequential(Module):
         params = dict(self.named_parameters())
         try:
             with np.load(path, allow_pickle=False) as npz:
+                if not isinstance(npz, np.lib.npyio.NpzFile):
+                    raise _StateMismatch(f"{path} holds a single array, not a saved state (.npz)")
                 names = list(npz.files)
                 missing = [n for n in params if n not in names]
                 unexpected = [n for n in names if n not in params]
                 if missing or unexpected:
-                    raise ValueError(
+                    raise _StateMismatch(
                         f"{path} does not match this model: missing parameters {missing}, "
                         f"unexpected {unexpected}")
                 arrays = {}
                 for name, p in params.items():
                     arr = npz[name]
                     if tuple(arr.shape) != p.shape:
-                        raise ValueError(
+                        raise _StateMismatch(
                             f"parameter {name!r}: the file has shape {tuple(arr.shape)}, "
                             f"the model has shape {p.shape}")
                     if np.dtype(arr.dtype) != p.dtype:
-                        raise ValueError(
+                        raise _StateMismatch(
                             f"parameter {name!r}: the file has dtype {arr.dtype}, "
                             f"the model has dtype {p.dtype}")
                     arrays[name] = arr
-        except ValueError:
+        except (_StateMismatch, FileNotFoundError, IsADirectoryError, PermissionError):
             raise
-        except FileNotFoundError:
-            raise
-        except (OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile,
+                zipfile.LargeZipFile, zlib.error) as exc:
+            # truncated or corrupt zip, a non-.npz file (numpy calls it pickled data), ...
             raise ValueError(
                 f"cannot read {path} as a saved fastconv state (.npz): "
                 f"{type(exc).__name__}: {exc}") from None
@@ -923,6 +926,10 @@ class Sequential(Module):
             lines.append(f"  ({i}): {inner}")
         lines.append(")")
         return "\n".join(lines)
+
+
+class _StateMismatch(ValueError):
+    """A readable state file that does not fit the model."""
 
 
 def _propagate(layer, shape):
