@@ -117,7 +117,7 @@ def test_same_call_twice_is_bitwise_identical(algorithm, rng):
         results = [fc.conv2d(x, w, padding=1, algorithm=algorithm),
                    fc.conv2d_grad_input(go, w, x.shape, padding=1, algorithm=algorithm),
                    fc.conv2d_grad_weight(go, x, w.shape, padding=1, algorithm=algorithm),
-                   fc.max_pool2d_backward(go[:, :, :16, :14], x, 3, 1, 1),
+                   fc.max_pool2d_backward(go, x, 3, 1, 1),
                    fc.avg_pool2d_backward(go[:, :, :9, :8], x.shape, 3, 2, 1, ceil_mode=True)]
         if _ == 0:
             first = results
