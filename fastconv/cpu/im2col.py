@@ -46,26 +46,43 @@ def _pack(x, cols, n0, i0, j0, th, tw, kh, kw, sh, sw, pt, pl, dh, dw):
         p = (row // kw) % kh
         c = row // (kw * kh)
         dst = cols[row, b]
+        # in-bounds output columns [lo, hi) (tile-relative) and rows [ii0, ii1)
         off = q * dw - pl
-        lo, hi = valid_range(off, sw, width, j0 + tw)
-        if lo < j0:
-            lo = j0
-        if hi < lo:
-            hi = lo
-        for ii in range(th):
-            r = (i0 + ii) * sh - pt + p * dh
-            base = ii * tw - j0
-            if r < 0 or r >= height:
-                for jj in range(ii * tw, ii * tw + tw):
-                    dst[jj] = 0
-                continue
-            xrow = x[n0 + b, c, r]
-            for j in range(j0, lo):
-                dst[base + j] = 0
-            for j in range(lo, hi):
-                dst[base + j] = xrow[j * sw + off]
-            for j in range(hi, j0 + tw):
-                dst[base + j] = 0
+        lo, hi = valid_range(off + j0 * sw, sw, width, tw)
+        roff = p * dh - pt + i0 * sh
+        ii0, ii1 = valid_range(roff, sh, height, th)
+        for m in range(ii0 * tw):
+            dst[m] = 0
+        for m in range(ii1 * tw, th * tw):
+            dst[m] = 0
+        if ii1 == ii0:
+            continue
+        plane = x[n0 + b, c]
+        if sw == 1 and sh * width == tw:
+            # consecutive tile rows are consecutive input rows: one flat copy, then
+            # zero the columns that fall in the left/right padding
+            flat = plane.reshape(height * width)
+            shift = roff * width + off + j0
+            m0 = max(ii0 * tw, -shift)
+            m1 = min(ii1 * tw, height * width - shift)
+            for m in range(m0, m1):
+                dst[m] = flat[m + shift]
+            for ii in range(ii0, ii1):
+                for jj in range(lo):
+                    dst[ii * tw + jj] = 0
+                for jj in range(hi, tw):
+                    dst[ii * tw + jj] = 0
+            continue
+        coff = off + j0 * sw
+        for ii in range(ii0, ii1):
+            xrow = plane[ii * sh + roff]
+            base = ii * tw
+            for jj in range(lo):
+                dst[base + jj] = 0
+            for jj in range(lo, hi):
+                dst[base + jj] = xrow[jj * sw + coff]
+            for jj in range(hi, tw):
+                dst[base + jj] = 0
 
 
 @numba.njit(**KERNEL)
