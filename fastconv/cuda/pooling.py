@@ -1,0 +1,273 @@
+"""Max and average pooling on the GPU, forward and backward (numba.cuda kernels).
+
+Backend contract: docs/internals.md (normalised geometry, C-contiguous numba device
+arrays in, new numba device arrays out). Rules, as PyTorch and fastconv.reference:
+
+- max: padding counts as -inf; a NaN wins (the first NaN in row-major window order);
+  among equal maxima the first in row-major window order wins; an all -inf window
+  reports its first in-bounds element. Indices are flat ``h * W + w`` per plane, int64.
+- avg: ``hstart = oh*sh - top; hend = min(hstart + kh, H + bottom)``, ``pool`` is the
+  window inside the padded input, then the window is clipped to the input; the divisor
+  is ``divisor`` if non-zero, else ``pool`` if ``count_include_pad`` else the clipped size.
+
+Forward kernels: one thread per output element (a grid-stride loop over the flat
+(plane, oh, ow) index, int64). Backward kernels **gather**: one thread per input
+pixel sums, in a fixed (p, q) order, the gradient of every window that covers it
+(for max: whose winner it is, from the indices of a forward pass). No atomics, so
+results are deterministic. See docs/cuda.md.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from . import _kernels
+from ._kernels import kernel_factory, stream_or_default
+
+
+@kernel_factory
+def _make_max_forward(dtype_name: str, write_values: bool):
+    cast = np.dtype(dtype_name).type
+    ninf = cast(-np.inf)
+
+    @cuda.jit
+    def max_forward(x, values, indices, kh, kw, sh, sw, pt, pl, dh, dw):
+        # x: (planes, H, W); values/indices: (planes, out_h, out_w)
+        planes, height, width = x.shape
+        out_h, out_w = indices.shape[1], indices.shape[2]
+        total = planes * out_h * out_w
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < total:
+            ow = i % out_w
+            t = i // out_w
+            oh = t % out_h
+            plane = t // out_h
+            best = ninf
+            best_index = -1
+            for p in range(kh):
+                r = oh * sh - pt + p * dh
+                if r < 0 or r >= height:
+                    continue
+                for q in range(kw):
+                    c = ow * sw - pl + q * dw
+                    if c < 0 or c >= width:
+                        continue
+                    v = x[plane, r, c]
+                    # strictly greater keeps the first maximum; a NaN replaces
+                    # anything that is not already NaN; the first valid element
+                    # is taken in any case (all -inf windows).
+                    if best_index < 0 or v > best or (v != v and best == best):
+                        best = v
+                        best_index = r * width + c
+            if write_values:
+                values[plane, oh, ow] = best
+            indices[plane, oh, ow] = best_index
+            i += step
+
+    return max_forward
+
+
+@kernel_factory
+def _make_max_backward(dtype_name: str):
+    zero = np.dtype(dtype_name).type(0)
+
+    @cuda.jit
+    def max_backward(grad_out, indices, gx, kh, kw, sh, sw, pt, pl, dh, dw):
+        # gather: gx[plane, r, c] = sum of grad_out over windows covering (r, c)
+        # whose winner (from indices) is (r, c)
+        planes, height, width = gx.shape
+        out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+        total = planes * height * width
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < total:
+            c = i % width
+            t = i // width
+            r = t % height
+            plane = t // height
+            me = r * width + c
+            acc = zero
+            for p in range(kh):
+                th = r + pt - p * dh
+                if th < 0 or th % sh != 0:
+                    continue
+                oh = th // sh
+                if oh >= out_h:
+                    continue
+                for q in range(kw):
+                    tw = c + pl - q * dw
+                    if tw < 0 or tw % sw != 0:
+                        continue
+                    ow = tw // sw
+                    if ow >= out_w:
+                        continue
+                    if indices[plane, oh, ow] == me:
+                        acc += grad_out[plane, oh, ow]
+            gx[plane, r, c] = acc
+            i += step
+
+    return max_backward
+
+
+@cuda.jit(device=True)
+def _avg_window(oh, ow, height, width, kh, kw, sh, sw, pt, pb, pl, pr,
+                count_include_pad, divisor):
+    """(hstart, hend, wstart, wend, divisor) of one output, PyTorch's rule."""
+    hstart = oh * sh - pt
+    wstart = ow * sw - pl
+    hend = min(hstart + kh, height + pb)
+    wend = min(wstart + kw, width + pr)
+    pool = (hend - hstart) * (wend - wstart)
+    hstart = max(hstart, 0)
+    wstart = max(wstart, 0)
+    hend = min(hend, height)
+    wend = min(wend, width)
+    if divisor != 0:
+        div = divisor
+    elif count_include_pad:
+        div = pool
+    else:
+        div = (hend - hstart) * (wend - wstart)
+    return hstart, hend, wstart, wend, div
+
+
+@kernel_factory
+def _make_avg_forward(dtype_name: str):
+    cast = np.dtype(dtype_name).type
+    zero = cast(0)
+
+    @cuda.jit
+    def avg_forward(x, out, kh, kw, sh, sw, pt, pb, pl, pr, count_include_pad, divisor):
+        planes, height, width = x.shape
+        out_h, out_w = out.shape[1], out.shape[2]
+        total = planes * out_h * out_w
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < total:
+            ow = i % out_w
+            t = i // out_w
+            oh = t % out_h
+            plane = t // out_h
+            h0, h1, w0, w1, div = _avg_window(oh, ow, height, width, kh, kw, sh, sw,
+                                              pt, pb, pl, pr, count_include_pad, divisor)
+            acc = zero
+            for r in range(h0, h1):
+                for c in range(w0, w1):
+                    acc += x[plane, r, c]
+            out[plane, oh, ow] = acc / cast(div)
+            i += step
+
+    return avg_forward
+
+
+@kernel_factory
+def _make_avg_backward(dtype_name: str):
+    cast = np.dtype(dtype_name).type
+    zero = cast(0)
+
+    @cuda.jit
+    def avg_backward(grad_out, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_include_pad,
+                     divisor):
+        # gather: gx[plane, r, c] = sum over windows covering (r, c) of grad/divisor
+        planes, height, width = gx.shape
+        out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+        total = planes * height * width
+        i = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while i < total:
+            c = i % width
+            t = i // width
+            r = t % height
+            plane = t // height
+            acc = zero
+            for p in range(kh):
+                th = r + pt - p
+                if th < 0 or th % sh != 0:
+                    continue
+                oh = th // sh
+                if oh >= out_h:
+                    continue
+                for q in range(kw):
+                    tw = c + pl - q
+                    if tw < 0 or tw % sw != 0:
+                        continue
+                    ow = tw // sw
+                    if ow >= out_w:
+                        continue
+                    _, _, _, _, div = _avg_window(oh, ow, height, width, kh, kw, sh, sw,
+                                                  pt, pb, pl, pr, count_include_pad,
+                                                  divisor)
+                    acc += grad_out[plane, oh, ow] / cast(div)
+            gx[plane, r, c] = acc
+            i += step
+
+    return avg_backward
+
+
+def _planes(arr):
+    n, c, h, w = arr.shape
+    return arr.reshape(n * c, h, w)
+
+
+def max_pool2d(x, kernel_size, stride, padding, dilation, out_hw, stream=0):
+    """-> (values (N, C, out_h, out_w), indices int64 of the same shape)."""
+    stream = stream_or_default(stream)
+    n, c = x.shape[0], x.shape[1]
+    shape = (n, c) + tuple(out_hw)
+    values = _kernels.empty(shape, x.dtype, stream)
+    indices = _kernels.empty(shape, np.int64, stream)
+    _launch_max_forward(x, values, indices, kernel_size, stride, padding, dilation,
+                        True, stream)
+    return values, indices
+
+
+def _launch_max_forward(x, values, indices, kernel_size, stride, padding, dilation,
+                        write_values, stream):
+    blocks, threads = _kernels.launch_1d(indices.size)
+    _make_max_forward(np.dtype(x.dtype).name, write_values)[blocks, threads, stream](
+        _planes(x), _planes(values), _planes(indices), kernel_size[0], kernel_size[1],
+        stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
+
+
+def max_pool2d_backward(grad_out, x, kernel_size, stride, padding, dilation, stream=0):
+    """Gradient with respect to x: recomputes the winners, then gathers."""
+    stream = stream_or_default(stream)
+    indices = _kernels.empty(grad_out.shape, np.int64, stream)
+    # values are not written (write_values=False): grad_out stands in for the array
+    _launch_max_forward(x, grad_out, indices, kernel_size, stride, padding, dilation,
+                        False, stream)
+    gx = _kernels.empty(x.shape, x.dtype, stream)
+    blocks, threads = _kernels.launch_1d(gx.size)
+    _make_max_backward(np.dtype(x.dtype).name)[blocks, threads, stream](
+        _planes(grad_out), _planes(indices), _planes(gx), kernel_size[0], kernel_size[1],
+        stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
+    return gx
+
+
+def avg_pool2d(x, kernel_size, stride, padding, out_hw, count_include_pad, divisor,
+               stream=0):
+    stream = stream_or_default(stream)
+    n, c = x.shape[0], x.shape[1]
+    out = _kernels.empty((n, c) + tuple(out_hw), x.dtype, stream)
+    blocks, threads = _kernels.launch_1d(out.size)
+    _make_avg_forward(np.dtype(x.dtype).name)[blocks, threads, stream](
+        _planes(x), _planes(out), kernel_size[0], kernel_size[1], stride[0], stride[1],
+        padding[0], padding[1], padding[2], padding[3], bool(count_include_pad),
+        int(divisor))
+    return out
+
+
+def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride, padding,
+                        count_include_pad, divisor, stream=0):
+    stream = stream_or_default(stream)
+    gx = _kernels.empty(tuple(input_shape), grad_out.dtype, stream)
+    blocks, threads = _kernels.launch_1d(gx.size)
+    _make_avg_backward(np.dtype(grad_out.dtype).name)[blocks, threads, stream](
+        _planes(grad_out), _planes(gx), kernel_size[0], kernel_size[1], stride[0],
+        stride[1], padding[0], padding[1], padding[2], padding[3], bool(count_include_pad),
+        int(divisor))
+    return gx
+
+
+__all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward"]
