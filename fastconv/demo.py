@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import time
+from collections import OrderedDict
 
 import numpy as np
 
@@ -103,9 +104,9 @@ def train(model, x_train, y_train, x_test, y_test, epochs, batch_size, lr, seed,
         opt.lr = 0.5 * lr * (1 + math.cos(math.pi * epoch / epochs))
         order = order_rng.permutation(n)
         total_loss = correct = seen = 0
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1:>2}/{epochs}", unit="batch",
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1:>2}/{epochs}", unit="batch",
                    disable=not progress, leave=True, file=sys.stdout, dynamic_ncols=True)
-        for step in bar:
+        for step in range(steps):
             idx = xp.asarray(order[step * batch_size:(step + 1) * batch_size])
             xb, yb = x_train[idx], y_train[idx]
             logits = model(xb)
@@ -116,14 +117,16 @@ def train(model, x_train, y_train, x_test, y_test, epochs, batch_size, lr, seed,
             total_loss += loss * len(idx)
             correct += int((logits.argmax(axis=1) == yb).sum())
             seen += len(idx)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+            bar.set_postfix(OrderedDict(loss=f"{total_loss / seen:.4f}",
+                                        acc=f"{correct / seen:.3f}"), refresh=False)
+            bar.update(1)
         test_acc, _ = evaluate(model, x_test, y_test)
         history["loss"].append(total_loss / seen)
         history["train_acc"].append(correct / seen)
         history["test_acc"].append(test_acc)
         history["epoch_s"].append(time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
-                        test_acc=f"{test_acc:.3f}")
+        bar.set_postfix(OrderedDict(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
+                                    test_acc=f"{test_acc:.3f}"))
         bar.close()
         if not progress:
             log(f"epoch {epoch + 1}/{epochs}: loss {total_loss / seen:.4f}, "
