@@ -16,8 +16,9 @@ The tile sizes are compile-time constants of a memoised kernel factory
 (``_make_gemm``); a :class:`GemmConfig` names them. ``LARGE`` (128x128x8, 8x8 per
 thread, 256 threads) is the default for big problems on a GPU, ``MEDIUM``
 (64x64x8, 4x4) for problems with too few 128x128 tiles to fill the GPU, and
-``SMALL`` (8x8x4, 2x2, 16 threads) is for the CUDA simulator, which runs one
-Python thread per CUDA thread.
+``SIM`` (16x32x16, 4x8, 16 threads) is the default under the CUDA simulator,
+which runs one Python thread per CUDA thread; ``SMALL`` (8x8x4) and ``TINY``
+(4x4x2) let tests cover many partial tiles with tiny matrices.
 
 Operands
 --------
@@ -83,8 +84,11 @@ class GemmConfig(NamedTuple):
 
 LARGE = GemmConfig(128, 128, 8, 8, 8)   # 256 threads, 64 accumulators each
 MEDIUM = GemmConfig(64, 64, 8, 4, 4)    # 256 threads, 16 accumulators each
-SMALL = GemmConfig(8, 8, 4, 2, 2)       # 16 threads: for the simulator and tests
-TINY = GemmConfig(4, 4, 2, 2, 2)        # 4 threads: simulator tests of many edge tiles
+SMALL = GemmConfig(8, 8, 4, 2, 2)       # 16 threads: tests of many partial tiles
+TINY = GemmConfig(4, 4, 2, 2, 2)        # 4 threads: tests of many partial tiles
+# The simulator's default: it runs a Python thread per CUDA thread and each
+# syncthreads costs milliseconds, so: few threads, few blocks, deep k steps.
+SIM = GemmConfig(16, 32, 16, 4, 8)      # 16 threads
 
 _SM_COUNT = None
 
@@ -102,12 +106,12 @@ def _sm_count() -> int:
 def choose_config(m: int, n: int, batch: int = 1) -> GemmConfig:
     """The tile configuration for an (M x N) x batch problem.
 
-    Under the simulator: SMALL (a Python thread per CUDA thread). On a GPU: LARGE
+    Under the simulator: SIM (a Python thread per CUDA thread). On a GPU: LARGE
     when it makes at least two 128x128 tiles per SM, else MEDIUM (more, smaller
     blocks fill the GPU better than a few big ones). Untuned: see the module notes.
     """
     if _simulator():
-        return SMALL
+        return SIM
     tiles = math.ceil(m / 128) * math.ceil(n / 128) * batch
     return LARGE if tiles >= 2 * _sm_count() else MEDIUM
 
@@ -321,5 +325,5 @@ def _add_axis(arr):
 
 gemm = matmul
 
-__all__ = ["GemmConfig", "LARGE", "MEDIUM", "SMALL", "TINY", "choose_config", "launch",
+__all__ = ["GemmConfig", "LARGE", "MEDIUM", "SMALL", "TINY", "SIM", "choose_config", "launch",
            "matmul", "gemm"]
