@@ -1,0 +1,165 @@
+"""fastconv.cuda.interop: array kinds, contiguous device views, streams, allocation.
+
+The simulator parts run under NUMBA_ENABLE_CUDASIM=1; the CuPy and torch parts
+skip unless those libraries can use a real GPU.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastconv as fc
+from fastconv.cuda import interop
+
+
+def _cupy():
+    try:
+        import cupy
+        cupy.cuda.runtime.getDeviceCount()
+        return cupy
+    except Exception:
+        return None
+
+
+def _torch_cuda():
+    try:
+        import torch
+        return torch if torch.cuda.is_available() else None
+    except Exception:
+        return None
+
+
+cupy = _cupy()
+torch = _torch_cuda()
+needs_cupy = pytest.mark.skipif(cupy is None or interop.simulated(),
+                                reason="needs CuPy on a real GPU")
+needs_torch = pytest.mark.skipif(torch is None or interop.simulated(),
+                                 reason="needs torch with CUDA on a real GPU")
+
+
+# --------------------------------------------------------------------------
+# Numba / simulator arrays
+# --------------------------------------------------------------------------
+
+def test_is_device_array(on_device):
+    assert interop.is_device_array(on_device(np.zeros((2, 3))))
+    for host in (np.zeros(3), [1.0, 2.0], 3.0, None, "x", np.float32(1)):
+        assert not interop.is_device_array(host)
+
+
+def test_cuda_available_reports():
+    usable, why = interop.cuda_available()
+    assert usable and isinstance(why, str) and why
+    if interop.simulated():
+        assert "simulator" in why
+
+
+def test_to_numba_contiguous_is_a_view(on_device, to_host):
+    d = on_device(np.arange(12.0).reshape(3, 4))
+    assert interop.to_numba(d) is d
+
+
+def test_to_numba_noncontiguous_copies(on_device, to_host):
+    host = np.arange(60.0).reshape(3, 4, 5)
+    d = on_device(host)
+    for view, expected in ((d[:, ::2, 1:], host[:, ::2, 1:]), (d.T, host.T)):
+        out = interop.to_numba(view)
+        assert out.is_c_contiguous()
+        np.testing.assert_array_equal(to_host(out), expected)
+    np.testing.assert_array_equal(to_host(d), host)  # the source is untouched
+
+
+def test_like_and_stream_for_numba(on_device):
+    d = on_device(np.zeros(4))
+    assert interop.like(d, d) is d
+    assert interop.stream_of(d) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_device_zeros_and_empty(to_host, dtype):
+    z = interop.device_zeros((2, 3, 4), dtype, 0)
+    assert tuple(z.shape) == (2, 3, 4) and z.dtype == dtype
+    np.testing.assert_array_equal(to_host(z), np.zeros((2, 3, 4), dtype))
+    e = interop.device_empty((0, 3), dtype, 0)
+    assert tuple(e.shape) == (0, 3)
+    assert tuple(interop.device_zeros((0, 2), dtype).shape) == (0, 2)
+
+
+def test_import_is_cheap():
+    """Importing fastconv (and interop) must not import numba.cuda, CuPy or torch."""
+    code = ("import sys, fastconv, fastconv.cuda.interop as i; "
+            "i.is_device_array([1.0]); "
+            "print(sorted(m for m in ('numba.cuda', 'cupy', 'torch') if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, cwd=os.path.dirname(os.path.dirname(
+                              os.path.dirname(os.path.abspath(__file__)))), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_api_mixing_host_and_device_is_refused(on_device):
+    with pytest.raises(TypeError, match="one device"):
+        fc.conv2d(on_device(np.zeros((1, 1, 3, 3))), np.ones((1, 1, 2, 2)))
+
+
+def test_api_dtype_checks_on_device(on_device):
+    with pytest.raises(TypeError, match="int64"):
+        fc.relu(on_device(np.zeros(3, np.int64)))
+    with pytest.raises(TypeError, match="dtype"):
+        fc.conv2d(on_device(np.zeros((1, 1, 3, 3), np.float32)),
+                  on_device(np.ones((1, 1, 2, 2), np.float64)))
+
+
+# --------------------------------------------------------------------------
+# Real GPU: CuPy and torch (skipped elsewhere)
+# --------------------------------------------------------------------------
+
+@needs_cupy
+def test_cupy_roundtrip_and_kind():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    cx = cupy.asarray(x)[:, :, :, ::-1]            # negative strides: a copy on the GPU
+    out = fc.conv2d(cx, cupy.asarray(w), padding=1, algorithm="direct")
+    assert isinstance(out, cupy.ndarray)
+    expected = fc.conv2d(np.ascontiguousarray(x[:, :, :, ::-1]), w, padding=1,
+                         algorithm="direct")
+    np.testing.assert_allclose(cupy.asnumpy(out), expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_cupy
+def test_cupy_stream_is_used():
+    s = cupy.cuda.Stream(non_blocking=True)
+    with s:
+        stream = interop.stream_of(cupy.zeros(3))
+        assert int(stream) == s.ptr
+        x = cupy.ones((1, 1, 4, 4), cupy.float64)
+        out = fc.max_pool2d(x, 2)
+        s.synchronize()
+    np.testing.assert_array_equal(cupy.asnumpy(out), np.ones((1, 1, 2, 2)))
+
+
+@needs_torch
+def test_torch_roundtrip_and_kind():
+    x = torch.randn(2, 3, 5, 6, device="cuda", dtype=torch.float64)
+    w = torch.randn(4, 3, 2, 2, device="cuda", dtype=torch.float64)
+    xt = x.transpose(2, 3)                          # non-contiguous
+    out = fc.conv2d(xt, w, stride=2, algorithm="direct")
+    assert isinstance(out, torch.Tensor) and out.device == x.device
+    expected = torch.nn.functional.conv2d(xt, w, stride=2)
+    assert torch.allclose(out, expected, rtol=1e-10, atol=1e-10)
+
+
+@needs_torch
+def test_torch_stream_is_used():
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        x = torch.ones(1, 1, 4, 4, device="cuda")
+        stream = interop.stream_of(x)
+        assert int(stream) == s.cuda_stream
+        out = fc.avg_pool2d(x, 2)
+    s.synchronize()
+    assert torch.equal(out.cpu(), torch.ones(1, 1, 2, 2))
