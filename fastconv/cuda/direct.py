@@ -51,6 +51,7 @@ def _nb_dtype(name):
 def _make_forward(dtype_name: str, KB: int, PX: int):
     dt = _nb_dtype(dtype_name)
     zero = np.dtype(dtype_name).type(0)
+    NACC = KB * PX    # accumulators per thread (a compile-time constant)
 
     @cuda.jit
     def forward(x, w, bias, has_bias, out, sh, sw, pt, pl, dh, dw, groups, kblocks,
@@ -69,7 +70,7 @@ def _make_forward(dtype_name: str, KB: int, PX: int):
         wsize = KB * cc_chunk * kh * kw
         s_w = smem[:wsize]
         s_x = smem[wsize:]
-        acc = cuda.local.array(KB * PX, dt)
+        acc = cuda.local.array(NACC, dt)
         oh = cuda.blockIdx.y * th + ty
         ow0 = cuda.blockIdx.x * (tw * PX) + tx
         row0 = cuda.blockIdx.y * th * sh - pt        # input row of the patch origin
@@ -82,7 +83,7 @@ def _make_forward(dtype_name: str, KB: int, PX: int):
             n = rest // groups
             k0 = g * kg + kb * KB
             nk = min(KB, g * kg + kg - k0)
-            for a in range(KB * PX):
+            for a in range(NACC):
                 acc[a] = zero
             for c0 in range(0, cg, cc_chunk):
                 ncc = min(cc_chunk, cg - c0)
@@ -141,6 +142,13 @@ def _make_forward(dtype_name: str, KB: int, PX: int):
     return forward
 
 
+# Block-shape caps (module constants so that tests can shrink them to exercise
+# multi-block grids with tiny tensors).
+_TW_MAX = 16      # threads along output columns (each does PX columns)
+_TH_MAX = 8       # threads along output rows
+_GW_THREADS = 256 # threads of a grad_weight block
+
+
 def _block_kb(per_group):
     return 4 if per_group >= 3 else per_group
 
@@ -151,8 +159,8 @@ def _forward_plan(x_shape, w_shape, stride, dilation, groups, out_hw, itemsize):
     out_h, out_w = out_hw
     kb = _block_kb(k_out // groups)
     px = 2 if out_w >= 2 else 1
-    tw = min(16, pow2_at_least(cdiv(out_w, px)))
-    th = min(8, pow2_at_least(out_h))
+    tw = min(_TW_MAX, pow2_at_least(cdiv(out_w, px)))
+    th = min(_TH_MAX, pow2_at_least(out_h))
     pr = (th - 1) * stride[0] + (kh - 1) * dilation[0] + 1
     pc = (tw * px - 1) * stride[1] + (kw - 1) * dilation[1] + 1
     cc = min(cg, 8)
@@ -197,6 +205,7 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw, stream=0)
 def _make_grad_input(dtype_name: str, CB: int, PX: int):
     dt = _nb_dtype(dtype_name)
     zero = np.dtype(dtype_name).type(0)
+    NACC = CB * PX
 
     @cuda.jit
     def grad_input(grad_out, w, gx, sh, sw, pt, pl, dh, dw, groups, cblocks, kc_chunk):
@@ -212,7 +221,7 @@ def _make_grad_input(dtype_name: str, CB: int, PX: int):
         nthreads = tw * th
         s_w = cuda.shared.array(0, dt)     # [kc, cb, p, q]
         wsize = kc_chunk * CB * kh * kw
-        acc = cuda.local.array(CB * PX, dt)
+        acc = cuda.local.array(NACC, dt)
         ih = cuda.blockIdx.y * th + ty
         iw0 = cuda.blockIdx.x * (tw * PX) + tx
         total_z = n_img * groups * cblocks
@@ -223,7 +232,7 @@ def _make_grad_input(dtype_name: str, CB: int, PX: int):
             n = rest // groups
             c0 = cb0 * CB                   # first channel within the group
             ncb = min(CB, cg - c0)
-            for a in range(CB * PX):
+            for a in range(NACC):
                 acc[a] = zero
             for k0 in range(0, kg, kc_chunk):
                 nkc = min(kc_chunk, kg - k0)
@@ -281,8 +290,8 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, 
     itemsize = grad_out.dtype.itemsize
     cb = _block_kb(cg)
     px = 2 if width >= 2 else 1
-    tw = min(16, pow2_at_least(cdiv(width, px)))
-    th = min(8, pow2_at_least(height))
+    tw = min(_TW_MAX, pow2_at_least(cdiv(width, px)))
+    th = min(_TH_MAX, pow2_at_least(height))
     kc = min(k_out // groups, 16)
     while kc > 1 and kc * cb * kh * kw * itemsize > SHARED_BYTES:
         kc //= 2
@@ -303,6 +312,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, 
 def _make_grad_weight(dtype_name: str, KB: int, KHW: int, RCH: int):
     dt = _nb_dtype(dtype_name)
     zero = np.dtype(dtype_name).type(0)
+    NACC = KB * KHW
 
     @cuda.jit
     def grad_weight(grad_out, x, partial, sh, sw, pt, pl, dh, dw, groups, kblocks,
@@ -316,7 +326,7 @@ def _make_grad_weight(dtype_name: str, KB: int, KHW: int, RCH: int):
         nt = cuda.blockDim.x
         tid = cuda.threadIdx.x
         red = cuda.shared.array(0, dt)     # [RCH, nt]
-        acc = cuda.local.array(KB * KHW, dt)
+        acc = cuda.local.array(NACC, dt)
         gov = cuda.local.array(KB, dt)
         plane = out_h * out_w
         total = n_img * plane
@@ -409,7 +419,7 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
     kb = _block_kb(k_out // groups) if khw <= 25 else 1
     kblocks = cdiv(k_out // groups, kb)
     nwork = groups * kblocks * cg
-    nt = min(256, max(32, pow2_at_least(total)))
+    nt = min(_GW_THREADS, max(32, pow2_at_least(total)))
     rch = min(kb * khw, 16)
     splits = max(1, min(_TARGET_BLOCKS // nwork, cdiv(total, nt * _MIN_ITEMS_PER_THREAD)))
     per_split = cdiv(total, splits)
