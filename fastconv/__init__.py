@@ -13,9 +13,11 @@ from .api import (avg_pool2d, avg_pool2d_backward, conv2d, conv2d_grad_bias,
                   conv2d_grad_input, conv2d_grad_weight, explain, max_pool2d,
                   max_pool2d_backward, relu, relu_backward)
 from .config import config
+from . import filters, models, nn  # noqa: E402  (pure Python, no kernels compiled)
 
 __version__ = "0.1.0"
 
 __all__ = ["conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
            "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
-           "relu", "relu_backward", "explain", "config", "__version__"]
+           "relu", "relu_backward", "explain", "config", "nn", "models", "filters",
+           "__version__"]
