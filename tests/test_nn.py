@@ -378,3 +378,19 @@ def test_load_state_corrupt(tmp_path):
         model.load_state(bad)
     with pytest.raises(FileNotFoundError):
         model.load_state(tmp_path / "missing.npz")
+
+
+def test_to_cuda_needs_cupy():
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("CuPy is installed")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeError, match="CuPy"):
+        nn.Linear(2, 2).to("cuda")
+    with pytest.raises(TypeError, match="CuPy"):
+        nn.Flatten()(_FakeDeviceArray())
+
+
+class _FakeDeviceArray:
+    __cuda_array_interface__ = {}
