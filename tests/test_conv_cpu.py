@@ -12,7 +12,7 @@ import pytest
 
 import fastconv as fc
 from fastconv import reference
-from fastconv.cpu import im2col
+from fastconv.cpu import direct, im2col
 from fastconv.shapes import conv_geometry
 
 from .conftest import assert_close
@@ -88,9 +88,18 @@ def test_the_grid_covers_every_value():
     assert any(c["padding"] == "same" and c["w_shape"][2] % 2 == 0 for c in CASES)
 
 
+# The direct forward has two loop orders: over output columns (depthwise and small
+# groups) and over output channels (groups with >= direct.CHANNELS_INNER_MIN of
+# them). The small grid forces the second with "direct-channels-inner".
+VARIANTS = ["direct", "direct-channels-inner", "im2col"]
+
+
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_forward_matches_reference(case, algorithm):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_matches_reference(case, variant, monkeypatch):
+    algorithm = variant.split("-")[0]
+    monkeypatch.setattr(direct, "CHANNELS_INNER_MIN",
+                        1 if variant == "direct-channels-inner" else 10**9)
     s, p, d, _ = _geometry(case)
     for dtype in DTYPES:
         x, w, b = _data(case, dtype)

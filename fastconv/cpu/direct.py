@@ -17,6 +17,10 @@ from numba import prange
 
 from ._common import KERNEL, bias_or_zeros, readonly, valid_range
 
+# Groups with at least this many output channels vectorise over channels
+# (`_forward_channels_inner`); fewer (depthwise, tiny layers) over output columns.
+CHANNELS_INNER_MIN = 16
+
 
 @numba.njit(**KERNEL)
 def _forward(x, w, bias, out, sh, sw, pt, pl, dh, dw, groups):
@@ -71,6 +75,49 @@ def _forward(x, w, bias, out, sh, sw, pt, pl, dh, dw, groups):
                             orow = out[n, k0 + kk, i]
                             for j in range(j0, j1):
                                 orow[j] += wv * xrow[j * sw + off]
+
+
+@numba.njit(**KERNEL)
+def _forward_channels_inner(x, wt, bias, out, sh, sw, pt, pl, dh, dw, groups):
+    """Forward for groups with many output channels: wt is the weight laid out
+    (C_in/g, kH, kW, C_out), so the innermost loop runs over the group's output
+    channels (contiguous, long: vectorised). A thread owns one output row of one
+    group and accumulates it as acc[j, k] before writing it out."""
+    n_img, c_in, height, width = x.shape
+    cg, kh, kw, k_out = wt.shape
+    out_h, out_w = out.shape[2], out.shape[3]
+    kg = k_out // groups
+    total = n_img * groups * out_h
+    for t in prange(total):
+        i = t % out_h
+        rest = t // out_h
+        g = rest % groups
+        n = rest // groups
+        k0 = g * kg
+        acc = np.empty((out_w, kg), dtype=out.dtype)
+        for j in range(out_w):
+            a = acc[j]
+            for kk in range(kg):
+                a[kk] = bias[k0 + kk]
+        for p in range(kh):
+            r = i * sh - pt + p * dh
+            if r < 0 or r >= height:
+                continue
+            for q in range(kw):
+                off = q * dw - pl
+                j0, j1 = valid_range(off, sw, width, out_w)
+                for cc in range(cg):
+                    xrow = x[n, g * cg + cc, r]
+                    wrow = wt[cc, p, q, k0:k0 + kg]
+                    for j in range(j0, j1):
+                        v = xrow[j * sw + off]
+                        a = acc[j]
+                        for kk in range(kg):
+                            a[kk] += v * wrow[kk]
+        for kk in range(kg):
+            orow = out[n, k0 + kk, i]
+            for j in range(out_w):
+                orow[j] = acc[j, kk]
 
 
 @numba.njit(**KERNEL)
@@ -154,8 +201,14 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
     n = x.shape[0]
     out = np.empty((n, weight.shape[0]) + tuple(out_hw), dtype=x.dtype)
     top, _, left, _ = padding
-    _forward(readonly(x), readonly(weight), bias_or_zeros(bias, weight.shape[0], x.dtype),
-             out, stride[0], stride[1], top, left, dilation[0], dilation[1], groups)
+    b = bias_or_zeros(bias, weight.shape[0], x.dtype)
+    if weight.shape[0] // groups >= CHANNELS_INNER_MIN:
+        wt = readonly(np.ascontiguousarray(weight.transpose(1, 2, 3, 0)))
+        _forward_channels_inner(readonly(x), wt, b, out, stride[0], stride[1], top, left,
+                                dilation[0], dilation[1], groups)
+    else:
+        _forward(readonly(x), readonly(weight), b, out, stride[0], stride[1], top, left,
+                 dilation[0], dilation[1], groups)
     return out
 
 
