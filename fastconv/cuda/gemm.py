@@ -16,7 +16,7 @@ The tile sizes are compile-time constants of a memoised kernel factory
 (``_make_gemm``); a :class:`GemmConfig` names them. ``LARGE`` (128x128x8, 8x8 per
 thread, 256 threads) is the default for big problems on a GPU, ``MEDIUM``
 (64x64x8, 4x4) for problems with too few 128x128 tiles to fill the GPU, and
-``SIM`` (16x32x16, 4x8, 16 threads) is the default under the CUDA simulator,
+``SIM`` (8x16x16, 4x8, 4 threads) is the default under the CUDA simulator,
 which runs one Python thread per CUDA thread; ``SMALL`` (8x8x4) and ``TINY``
 (4x4x2) let tests cover many partial tiles with tiny matrices.
 
@@ -88,7 +88,7 @@ SMALL = GemmConfig(8, 8, 4, 2, 2)       # 16 threads: tests of many partial tile
 TINY = GemmConfig(4, 4, 2, 2, 2)        # 4 threads: tests of many partial tiles
 # The simulator's default: it runs a Python thread per CUDA thread and each
 # syncthreads costs milliseconds, so: few threads, few blocks, deep k steps.
-SIM = GemmConfig(16, 32, 16, 4, 8)      # 16 threads
+SIM = GemmConfig(8, 16, 16, 4, 8)       # 4 threads
 
 _SM_COUNT = None
 
