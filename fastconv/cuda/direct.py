@@ -132,12 +132,14 @@ def _make_forward(dtype_name: str, KB: int, PX: int):
                                             s_w[kk * cc_chunk * kh * kw + wbase] * xv)
                 cuda.syncthreads()
             if oh < out_h:
-                for kk in range(nk):
-                    b = bias[k0 + kk] if has_bias else zero
-                    for j in range(PX):
-                        ow = ow0 + j * tw
-                        if ow < out_w:
-                            out[n, k0 + kk, oh, ow] = acc[kk * PX + j] + b
+                # constant trip counts (KB, PX) keep acc in registers once unrolled
+                for kk in range(KB):
+                    if kk < nk:
+                        b = bias[k0 + kk] if has_bias else zero
+                        for j in range(PX):
+                            ow = ow0 + j * tw
+                            if ow < out_w:
+                                out[n, k0 + kk, oh, ow] = acc[kk * PX + j] + b
 
     return forward
 
@@ -271,11 +273,12 @@ def _make_grad_input(dtype_name: str, CB: int, PX: int):
                                         acc[cb * PX + j] += go * s_w[wb + cb * kh * kw]
                 cuda.syncthreads()
             if ih < height:
-                for cb in range(ncb):
-                    for j in range(PX):
-                        iw = iw0 + j * tw
-                        if iw < width:
-                            gx[n, g * cg + c0 + cb, ih, iw] = acc[cb * PX + j]
+                for cb in range(CB):
+                    if cb < ncb:
+                        for j in range(PX):
+                            iw = iw0 + j * tw
+                            if iw < width:
+                                gx[n, g * cg + c0 + cb, ih, iw] = acc[cb * PX + j]
 
     return grad_input
 
@@ -309,15 +312,16 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, 
 # --------------------------------------------------------------------------
 
 @kernel_factory
-def _make_grad_weight(dtype_name: str, KB: int, KHW: int, RCH: int):
+def _make_grad_weight(dtype_name: str, KB: int, KH: int, KW: int, RCH: int):
     dt = _nb_dtype(dtype_name)
     zero = np.dtype(dtype_name).type(0)
+    KHW = KH * KW     # compile-time kernel size: the offset loops unroll
     NACC = KB * KHW
 
     @cuda.jit
     def grad_weight(grad_out, x, partial, sh, sw, pt, pl, dh, dw, groups, kblocks,
-                    kh, kw, per_split):
-        # partial: (splits, K, cg, kh*kw); block (b, s) owns KB output channels x one
+                    per_split):
+        # partial: (splits, K, cg, KH*KW); block (b, s) owns KB output channels x one
         # input channel, reduction items [s*per_split, (s+1)*per_split).
         n_img, c_in, height, width = x.shape
         k_out, out_h, out_w = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
@@ -342,7 +346,7 @@ def _make_grad_weight(dtype_name: str, KB: int, KHW: int, RCH: int):
             k0 = g * kg + kb * KB
             nk = min(KB, g * kg + kg - k0)
             cin = g * cg + c
-            for a in range(KB * KHW):
+            for a in range(NACC):
                 acc[a] = zero
             r_end = min(total, (s + 1) * per_split)
             for r in range(s * per_split + tid, r_end, nt):
@@ -352,21 +356,21 @@ def _make_grad_weight(dtype_name: str, KB: int, KHW: int, RCH: int):
                 ow = pix % out_w
                 for kk in range(KB):
                     gov[kk] = grad_out[n, k0 + kk, oh, ow] if kk < nk else zero
-                for p in range(kh):
+                for p in range(KH):
                     ir = oh * sh - pt + p * dh
                     if ir < 0 or ir >= height:
                         continue
-                    for q in range(kw):
+                    for q in range(KW):
                         ic = ow * sw - pl + q * dw
                         if ic < 0 or ic >= width:
                             continue
                         xv = x[n, cin, ir, ic]
                         for kk in range(KB):
-                            acc[kk * KHW + p * kw + q] += gov[kk] * xv
+                            acc[kk * KHW + p * KW + q] += gov[kk] * xv
             # Fixed-order tree reduction, RCH accumulators at a time.
-            for a0 in range(0, KB * KHW, RCH):
+            for a0 in range(0, NACC, RCH):
                 for i in range(RCH):
-                    red[i * nt + tid] = acc[a0 + i] if a0 + i < KB * KHW else zero
+                    red[i * nt + tid] = acc[a0 + i] if a0 + i < NACC else zero
                 cuda.syncthreads()
                 step = nt // 2
                 while step > 0:
@@ -375,7 +379,7 @@ def _make_grad_weight(dtype_name: str, KB: int, KHW: int, RCH: int):
                             red[i * nt + tid] += red[i * nt + tid + step]
                     cuda.syncthreads()
                     step //= 2
-                if tid < RCH and a0 + tid < KB * KHW:
+                if tid < RCH and a0 + tid < NACC:
                     a = a0 + tid
                     kk = a // KHW
                     if kk < nk:
@@ -425,11 +429,11 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
     per_split = cdiv(total, splits)
     splits = cdiv(total, per_split)
     partial = _kernels.empty((splits, k_out, cg, khw), x.dtype, stream)
-    kernel = _make_grad_weight(dtype_name, kb, khw, rch)
+    kernel = _make_grad_weight(dtype_name, kb, kh, kw, rch)
     blocks = min(nwork * splits, _kernels.MAX_BLOCKS_1D)
     kernel[blocks, nt, stream, rch * nt * itemsize](
         grad_out, x, partial, stride[0], stride[1], padding[0], padding[2],
-        dilation[0], dilation[1], groups, kblocks, kh, kw, per_split)
+        dilation[0], dilation[1], groups, kblocks, per_split)
     if splits == 1:
         return partial.reshape(tuple(weight_shape))
     out = _kernels.empty(tuple(weight_shape), x.dtype, stream)
