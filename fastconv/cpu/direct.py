@@ -17,8 +17,9 @@ from numba import prange
 
 from ._common import KERNEL, bias_or_zeros, readonly, valid_range
 
-# Groups with at least this many output channels vectorise over channels
-# (`_forward_channels_inner`); fewer (depthwise, tiny layers) over output columns.
+# Groups with at least this many output channels (forward) or input channels
+# (grad_input) vectorise over those channels (`*_channels_inner`); fewer
+# (depthwise, tiny layers) vectorise over output columns.
 CHANNELS_INNER_MIN = 16
 
 
@@ -158,6 +159,48 @@ def _grad_input(go, w, gi, sh, sw, pt, pl, dh, dw, groups):
 
 
 @numba.njit(**KERNEL)
+def _grad_input_channels_inner(go, wt, gi, sh, sw, pt, pl, dh, dw, groups):
+    """grad_input for groups with many input channels: wt is the weight laid out
+    (C_out, kH, kW, C_in/g), so the innermost loop runs over the group's input
+    channels. A thread owns one input row of one group (acc[s, c]) and gathers
+    every (k, p, q) term landing on it: race-free, fixed order."""
+    n_img, c_in, height, width = gi.shape
+    k_out, kh, kw, cg = wt.shape
+    out_h, out_w = go.shape[2], go.shape[3]
+    kg = k_out // groups
+    total = n_img * groups * height
+    for t in prange(total):
+        r = t % height
+        rest = t // height
+        g = rest % groups
+        n = rest // groups
+        acc = np.zeros((width, cg), dtype=gi.dtype)
+        for p in range(kh):
+            num = r + pt - p * dh
+            if num < 0 or num % sh != 0:
+                continue
+            i = num // sh
+            if i >= out_h:
+                continue
+            for q in range(kw):
+                off = q * dw - pl
+                j0, j1 = valid_range(off, sw, width, out_w)
+                for kk in range(kg):
+                    k = g * kg + kk
+                    gorow = go[n, k, i]
+                    wrow = wt[k, p, q]
+                    for j in range(j0, j1):
+                        v = gorow[j]
+                        a = acc[j * sw + off]
+                        for cc in range(cg):
+                            a[cc] += v * wrow[cc]
+        for cc in range(cg):
+            girow = gi[n, g * cg + cc, r]
+            for s in range(width):
+                girow[s] = acc[s, cc]
+
+
+@numba.njit(**KERNEL)
 def _grad_weight(go, x, gw, sh, sw, pt, pl, dh, dw, groups):
     """One thread per (k, c) slice of the weight; per-column partial sums
     (acc[p, q, j]) keep the innermost loop elementwise (vectorised without
@@ -216,8 +259,13 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, 
     """Gradient with respect to the input, gathered per input row."""
     gi = np.empty(tuple(input_shape), dtype=grad_out.dtype)
     top, _, left, _ = padding
-    _grad_input(readonly(grad_out), readonly(weight), gi, stride[0], stride[1], top, left,
-                dilation[0], dilation[1], groups)
+    if weight.shape[1] >= CHANNELS_INNER_MIN:
+        wt = readonly(np.ascontiguousarray(weight.transpose(0, 2, 3, 1)))
+        _grad_input_channels_inner(readonly(grad_out), wt, gi, stride[0], stride[1], top,
+                                   left, dilation[0], dilation[1], groups)
+    else:
+        _grad_input(readonly(grad_out), readonly(weight), gi, stride[0], stride[1], top,
+                    left, dilation[0], dilation[1], groups)
     return gi
 
 
