@@ -56,8 +56,11 @@ def _kind(obj) -> str:
 
 def simulated() -> bool:
     """True when Numba's CUDA simulator is active (NUMBA_ENABLE_CUDASIM=1)."""
-    from numba.cuda.core import config
-    return bool(config.ENABLE_CUDASIM)
+    try:
+        from numba.cuda.core import config      # numba-cuda >= 0.2x
+    except ImportError:                          # older numba-cuda / numba
+        from numba.core import config
+    return bool(getattr(config, "ENABLE_CUDASIM", False))
 
 
 def cuda_available():
