@@ -14,7 +14,7 @@ image gets brighter to the right.
     (48, 49, 49)
     >>> image = np.tile(np.arange(8.0), (8, 1))               # brighter to the right
     >>> w = filters.sobel_x()[None, None]                     # (1, 1, 3, 3)
-    >>> fc.conv2d(image[None, None], w, padding="same")[0, 0, 4, 4]
+    >>> float(fc.conv2d(image[None, None], w, padding="same")[0, 0, 4, 4])
     8.0
 
 ``python -m fastconv filters [IMAGE] [--out DIR]`` applies the classic kernels and
