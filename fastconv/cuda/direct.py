@@ -71,14 +71,19 @@ def _make_forward(dtype_name: str, KB: int, PX: int):
         s_w = smem[:wsize]
         s_x = smem[wsize:]
         acc = cuda.local.array(NACC, dt)
-        oh = cuda.blockIdx.y * th + ty
         ow0 = cuda.blockIdx.x * (tw * PX) + tx
-        row0 = cuda.blockIdx.y * th * sh - pt        # input row of the patch origin
         col0 = cuda.blockIdx.x * (tw * PX) * sw - pl
-        total_z = n_img * groups * kblocks
+        nby = (out_h + th - 1) // th
+        # z enumerates (image, group, channel block, row block); a grid-stride
+        # loop covers more than gridDim.z (65535) of them
+        total_z = n_img * groups * kblocks * nby
         for z in range(cuda.blockIdx.z, total_z, cuda.gridDim.z):
-            kb = z % kblocks
-            rest = z // kblocks
+            by = z % nby
+            oh = by * th + ty
+            row0 = by * th * sh - pt                  # input row of the patch origin
+            rest = z // nby
+            kb = rest % kblocks
+            rest = rest // kblocks
             g = rest % groups
             n = rest // groups
             k0 = g * kg + kb * KB
@@ -187,8 +192,8 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw, stream=0)
     plan = _forward_plan(x.shape, weight.shape, stride, dilation, groups, out_hw,
                          x.dtype.itemsize)
     kblocks = cdiv(k_out // groups, plan["kb"])
-    grid = (cdiv(out_hw[1], plan["tw"] * plan["px"]), cdiv(out_hw[0], plan["th"]),
-            _kernels.grid_yz(n_img * groups * kblocks))
+    grid = (cdiv(out_hw[1], plan["tw"] * plan["px"]), 1,
+            _kernels.grid_yz(n_img * groups * kblocks * cdiv(out_hw[0], plan["th"])))
     kernel = _make_forward(np.dtype(x.dtype).name, plan["kb"], plan["px"])
     has_bias = bias is not None
     bias_arg = bias if has_bias else weight.reshape(weight.size)
@@ -224,12 +229,15 @@ def _make_grad_input(dtype_name: str, CB: int, PX: int):
         s_w = cuda.shared.array(0, dt)     # [kc, cb, p, q]
         wsize = kc_chunk * CB * kh * kw
         acc = cuda.local.array(NACC, dt)
-        ih = cuda.blockIdx.y * th + ty
         iw0 = cuda.blockIdx.x * (tw * PX) + tx
-        total_z = n_img * groups * cblocks
+        nby = (height + th - 1) // th
+        # z enumerates (image, group, channel block, row block), grid-stride
+        total_z = n_img * groups * cblocks * nby
         for z in range(cuda.blockIdx.z, total_z, cuda.gridDim.z):
-            cb0 = z % cblocks
-            rest = z // cblocks
+            ih = (z % nby) * th + ty
+            rest = z // nby
+            cb0 = rest % cblocks
+            rest = rest // cblocks
             g = rest % groups
             n = rest // groups
             c0 = cb0 * CB                   # first channel within the group
@@ -299,7 +307,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, 
     while kc > 1 and kc * cb * kh * kw * itemsize > SHARED_BYTES:
         kc //= 2
     cblocks = cdiv(cg, cb)
-    grid = (cdiv(width, tw * px), cdiv(height, th), _kernels.grid_yz(n_img * groups * cblocks))
+    grid = (cdiv(width, tw * px), 1, _kernels.grid_yz(n_img * groups * cblocks * cdiv(height, th)))
     kernel = _make_grad_input(np.dtype(grad_out.dtype).name, cb, px)
     kernel[grid, (tw, th), stream, kc * cb * kh * kw * itemsize](
         grad_out, weight, gx, stride[0], stride[1], padding[0], padding[2],
