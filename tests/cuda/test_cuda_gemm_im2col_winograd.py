@@ -1,0 +1,302 @@
+"""CUDA GEMM, im2col and Winograd against NumPy and the float64 references.
+
+Run on a GPU or with ``NUMBA_ENABLE_CUDASIM=1``. The simulator runs a Python
+thread per CUDA thread and each ``syncthreads`` is a polling barrier, so shapes
+are tiny (N<=2, C<=4, H,W<=6) and chosen to still reach partial GEMM tiles,
+several blocks, workspace chunks over columns, groups and rows, and partial
+Winograd tiles. Under the simulator the module lowers the interpreter's thread
+switch interval (restored afterwards), which makes those barriers ~4x cheaper.
+"""
+import sys
+
+import numpy as np
+import pytest
+
+import fastconv as fc
+from fastconv import reference, shapes
+from fastconv.config import config
+from fastconv.cuda import gemm, im2col, interop, winograd
+
+from .conftest import assert_close
+
+DTYPES = [np.float64, np.float32]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_simulator_barriers():
+    if not interop.simulated():
+        yield
+        return
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(5e-4)
+    yield
+    sys.setswitchinterval(before)
+
+
+@pytest.fixture
+def workspace():
+    """workspace(nbytes): set fc.config.workspace_bytes for one test (restored after)."""
+    before = config.workspace_bytes
+
+    def set_bound(nbytes):
+        config.workspace_bytes = nbytes
+    yield set_bound
+    config.workspace_bytes = before
+
+
+def close_winograd(result, expected, dtype):
+    """Winograd's contract: float64 1e-10; float32 1e-3 of the output's scale."""
+    if np.dtype(dtype) == np.float64:
+        assert_close(result, expected, dtype)
+        return
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(np.asarray(result, np.float64), expected,
+                               rtol=1e-3, atol=1e-3 * scale)
+
+
+# --------------------------------------------------------------------------
+# GEMM
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False),
+                                             (False, True), (True, True)])
+def test_matmul_partial_tiles(rng, on_device, to_host, dtype, trans_a, trans_b):
+    # 5x7 @ 7x9 with 8x8x4 tiles: a partial tile in m, n (two column tiles) and k.
+    a = rng.standard_normal((5, 7)).astype(dtype)
+    b = rng.standard_normal((7, 9)).astype(dtype)
+    da = on_device(a.T if trans_a else a)
+    db = on_device(b.T if trans_b else b)
+    out = gemm.matmul(da, db, trans_a=trans_a, trans_b=trans_b, config=gemm.SMALL)
+    assert out.shape == (5, 9) and out.dtype == dtype
+    assert_close(to_host(out), a.astype(np.float64) @ b, dtype)
+
+
+def test_matmul_tiny_tiles_alpha_beta_and_views(rng, on_device, to_host):
+    # 4x4x2 tiles over 6x5 @ 5x7: many edge blocks; C = 2 A B - 0.5 C; a strided A view.
+    a_full = rng.standard_normal((6, 8))
+    b = rng.standard_normal((5, 7))
+    c = rng.standard_normal((6, 7))
+    dc = on_device(c)
+    da = on_device(a_full)[:, 1:6]
+    out = gemm.matmul(da, on_device(b), out=dc, alpha=2.0, beta=-0.5, config=gemm.TINY)
+    assert out is dc
+    assert_close(to_host(dc), 2 * a_full[:, 1:6] @ b - 0.5 * c, np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_batched_and_broadcast(rng, on_device, to_host, dtype):
+    a = rng.standard_normal((3, 5, 4)).astype(dtype)
+    b = rng.standard_normal((4, 6)).astype(dtype)     # broadcast over the batch
+    out = gemm.matmul(on_device(a), on_device(b), config=gemm.SMALL)
+    assert out.shape == (3, 5, 6)
+    assert_close(to_host(out), np.einsum("bmk,kn->bmn", a.astype(np.float64), b), dtype)
+
+
+def test_matmul_refuses_bad_arguments(on_device):
+    a = on_device(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="inner dimensions"):
+        gemm.matmul(a, on_device(np.ones((2, 3))))
+    with pytest.raises(TypeError, match="float32 or two float64"):
+        gemm.matmul(a, on_device(np.ones((3, 2), np.float32)))
+    with pytest.raises(ValueError, match="beta"):
+        gemm.matmul(a, on_device(np.ones((3, 2))), beta=1.0)
+
+
+def test_gemm_configs_are_consistent():
+    for cfg in (gemm.LARGE, gemm.MEDIUM, gemm.SMALL, gemm.TINY, gemm.SIM):
+        assert cfg.bm % cfg.tm == 0 and cfg.bn % cfg.tn == 0
+        assert cfg.shared_bytes(8) <= 48 * 1024
+    assert gemm.LARGE.threads == 256 and gemm.MEDIUM.threads == 256
+
+
+# --------------------------------------------------------------------------
+# im2col
+# --------------------------------------------------------------------------
+
+# (N, C, H, W, K, (kh, kw), stride, padding4, dilation, groups, bias, workspace bytes,
+#  im2col.MIN_COLUMNS)
+IM2COL_CASES = {
+    "3x3-pad1": (2, 3, 6, 6, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True, None, None),
+    "stride-dil-asym-groups": (2, 4, 6, 5, 6, (3, 2), (2, 1), (0, 1, 2, 0), (1, 2), 2, True,
+                               None, None),
+    "1x1-pointwise-groups": (2, 4, 3, 5, 6, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 2, True,
+                             None, None),
+    "1x1-stride2": (1, 3, 5, 4, 2, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, False, None,
+                    None),
+    # 4 groups x 9 rows x 40 columns in 1 KiB: float64 in chunks of 3+1 groups and
+    # 4 columns; float32 all groups, 7 columns (chunks straddle images)
+    "depthwise-group-column-chunks": (2, 4, 5, 4, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1),
+                                      4, True, 1024, 4),
+    # 2 groups x 18 rows x 16 columns in 1 KiB: chunks of rows, accumulated
+    "row-chunks": (2, 4, 4, 3, 2, (3, 3), (1, 1), (1, 1, 0, 1), (1, 1), 2, True, 1024, None),
+}
+
+
+def _problem(rng, case, dtype):
+    n, c, h, w, k, ksize, stride, padding, dilation, groups, has_bias, _, _ = case
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((k, c // groups) + ksize).astype(dtype)
+    bias = rng.standard_normal(k).astype(dtype) if has_bias else None
+    out_hw = shapes.output_size((h, w), ksize, stride, padding, dilation)
+    grad_out = rng.standard_normal((n, k) + out_hw).astype(dtype)
+    return x, weight, bias, grad_out, (stride, padding, dilation, groups), out_hw
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(IM2COL_CASES))
+def test_im2col_backend(rng, on_device, to_host, workspace, monkeypatch, name, dtype):
+    case = IM2COL_CASES[name]
+    bound, min_columns = case[-2:]
+    if bound is not None:
+        workspace(bound)
+    if min_columns is not None:
+        monkeypatch.setattr(im2col, "MIN_COLUMNS", min_columns)
+    sizes = []
+    real_workspace = im2col._workspace
+
+    def recording(size, dt, stream):
+        sizes.append(size * np.dtype(dt).itemsize)
+        return real_workspace(size, dt, stream)
+    monkeypatch.setattr(im2col, "_workspace", recording)
+
+    x, weight, bias, grad_out, geom, out_hw = _problem(rng, case, dtype)
+    dx, dw, dgo = on_device(x), on_device(weight), on_device(grad_out)
+    db = None if bias is None else on_device(bias)
+
+    out = im2col.conv2d(dx, dw, db, *geom, out_hw)
+    assert out.dtype == dtype and out.is_c_contiguous()
+    assert_close(to_host(out), reference.conv2d(x, weight, bias, *geom), dtype)
+    gx = im2col.conv2d_grad_input(dgo, dw, x.shape, *geom)
+    assert_close(to_host(gx), reference.conv2d_grad_input(grad_out, weight, x.shape, *geom),
+                 dtype)
+    gw = im2col.conv2d_grad_weight(dgo, dx, weight.shape, *geom)
+    assert_close(to_host(gw), reference.conv2d_grad_weight(grad_out, x, weight.shape, *geom),
+                 dtype)
+
+    assert all(s <= config.workspace_bytes for s in sizes), sizes
+    if bound is not None:
+        assert sizes, "expected a chunked workspace"
+    np.testing.assert_array_equal(to_host(dx), x)          # inputs never written
+    np.testing.assert_array_equal(to_host(dgo), grad_out)
+
+
+def test_plan_chunks_respects_the_bound():
+    for groups, rows, ncols, itemsize, bound in [
+            (1, 27, 72, 8, 1 << 20), (4, 9, 40, 8, 1024), (2, 18, 24, 8, 1024),
+            (1, 4608, 32 * 49, 4, 256 << 20), (512, 9, 32 * 3136, 4, 1024),
+            (1, 100000, 10, 8, 1024)]:
+        gc, rc, jc = im2col.plan_chunks(groups, rows, ncols, itemsize, bound)
+        assert 1 <= gc <= groups and 1 <= rc <= rows and 1 <= jc <= ncols
+        assert gc * rc * jc * itemsize <= bound
+    # everything fits: one chunk
+    assert im2col.plan_chunks(1, 27, 72, 8, 1 << 20) == (1, 27, 72)
+
+
+# --------------------------------------------------------------------------
+# Winograd
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("m", winograd.TILES)
+def test_winograd_matrices_compute_the_correlation(rng, m):
+    at, g, bt = winograd.winograd_matrices(m)
+    a = m + 2
+    assert at.shape == (m, a) and g.shape == (a, 3) and bt.shape == (a, a)
+    d, k = rng.standard_normal((a, a)), rng.standard_normal((3, 3))
+    y = at @ ((g @ k @ g.T) * (bt @ d @ bt.T)) @ at.T
+    expected = [[np.sum(d[i:i + 3, j:j + 3] * k) for j in range(m)] for i in range(m)]
+    np.testing.assert_allclose(y, expected, atol=1e-12)
+
+
+# (N, C, H, W, K, padding4, groups, bias, workspace in elements of the dtype)
+WINOGRAD_CASES = {
+    "pad1": (2, 3, 6, 6, 4, (1, 1, 1, 1), 1, True, None),
+    "asym-partial-tiles": (1, 3, 5, 6, 2, (0, 2, 1, 3), 1, True, None),
+    "groups-pad3-crop": (1, 4, 5, 4, 4, (3, 0, 0, 1), 2, False, None),
+    # 512 values: the tiles of two images in 2 chunks (each tile size)
+    "tile-chunks": (2, 2, 4, 5, 2, (1, 1, 1, 1), 1, True, 512),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tile", winograd.TILES)
+@pytest.mark.parametrize("name", list(WINOGRAD_CASES))
+def test_winograd_backend(rng, on_device, to_host, workspace, name, tile, dtype):
+    n, c, h, w, k, padding, groups, has_bias, bound = WINOGRAD_CASES[name]
+    out_hw = shapes.output_size((h, w), (3, 3), (1, 1), padding)
+    if bound is not None:
+        workspace(bound * np.dtype(dtype).itemsize)
+        n_tiles = n * -(-out_hw[0] // tile) * -(-out_hw[1] // tile)
+        alpha2 = (tile + 2) ** 2
+        assert winograd.plan_tiles(n_tiles, alpha2, c, k, alpha2 * k * c // groups,
+                                   np.dtype(dtype).itemsize) < n_tiles
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((k, c // groups, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(k).astype(dtype) if has_bias else None
+    geom = ((1, 1), padding, (1, 1), groups)
+    grad_out = rng.standard_normal((n, k) + out_hw).astype(dtype)
+    dx, dw, dgo = on_device(x), on_device(weight), on_device(grad_out)
+
+    out = winograd.conv2d(dx, dw, None if bias is None else on_device(bias), *geom, out_hw,
+                          tile=tile)
+    assert out.dtype == dtype and out.shape == (n, k) + out_hw
+    close_winograd(to_host(out), reference.conv2d(x, weight, bias, *geom), dtype)
+    gx = winograd.conv2d_grad_input(dgo, dw, x.shape, *geom, tile=tile)
+    assert gx.shape == x.shape
+    close_winograd(to_host(gx), reference.conv2d_grad_input(grad_out, weight, x.shape, *geom),
+                   dtype)
+    np.testing.assert_array_equal(to_host(dw), weight)
+
+
+def test_winograd_supports_and_refuses():
+    assert winograd.supports((4, 3, 3, 3), (1, 1), (1, 1))
+    assert not winograd.supports((4, 3, 5, 5), (1, 1), (1, 1))
+    assert not winograd.supports((4, 3, 3, 3), (2, 1), (1, 1))
+    assert not winograd.supports((4, 3, 3, 3), (1, 1), (1, 2))
+    assert winograd.default_tile((7, 7)) == 4 and winograd.default_tile((2, 1)) == 2
+
+
+def test_winograd_refuses_bad_tile_and_kernel(on_device):
+    x = on_device(np.ones((1, 1, 4, 4)))
+    with pytest.raises(ValueError, match="tile"):
+        winograd.conv2d(x, on_device(np.ones((1, 1, 3, 3))), None, (1, 1), (0, 0, 0, 0),
+                        (1, 1), 1, (2, 2), tile=3)
+    with pytest.raises(ValueError, match="3x3"):
+        winograd.conv2d(x, on_device(np.ones((1, 1, 2, 2))), None, (1, 1), (0, 0, 0, 0),
+                        (1, 1), 1, (3, 3))
+
+
+# --------------------------------------------------------------------------
+# through the public API, with device arrays
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
+def test_public_api_with_device_arrays(rng, on_device, to_host, algorithm):
+    dtype = np.float32
+    x = rng.standard_normal((2, 2, 5, 5)).astype(dtype)
+    weight = rng.standard_normal((3, 2, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(3).astype(dtype)
+    geom = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
+    out = fc.conv2d(on_device(x), on_device(weight), on_device(bias), padding=1,
+                    algorithm=algorithm)
+    assert interop.is_device_array(out)
+    close_winograd(to_host(out), reference.conv2d(x, weight, bias, *geom), dtype)
+    grad_out = rng.standard_normal((2, 3, 5, 5)).astype(dtype)
+    gx = fc.conv2d_grad_input(on_device(grad_out), on_device(weight), x.shape, padding=1,
+                              algorithm=algorithm)
+    close_winograd(to_host(gx), reference.conv2d_grad_input(grad_out, weight, x.shape, *geom),
+                   dtype)
+    gw = fc.conv2d_grad_weight(on_device(grad_out), on_device(x), weight.shape, padding=1,
+                               algorithm=algorithm)
+    assert_close(to_host(gw), reference.conv2d_grad_weight(grad_out, x, weight.shape, *geom),
+                 dtype)
+
+
+def test_public_api_3d_input_and_strided_im2col(rng, on_device, to_host):
+    x = rng.standard_normal((3, 6, 5))
+    weight = rng.standard_normal((2, 3, 2, 3))
+    out = fc.conv2d(on_device(x), on_device(weight), stride=(2, 1), padding="valid",
+                    algorithm="im2col")
+    assert tuple(out.shape) == (2, 3, 3)
+    expected = reference.conv2d(x[None], weight, None, (2, 1), (0, 0, 0, 0))[0]
+    assert_close(to_host(out), expected, np.float64)
