@@ -155,40 +155,61 @@ def _is_pointwise(kernel_hw, stride, padding):
     return tuple(kernel_hw) == (1, 1) and tuple(stride) == (1, 1) and not any(padding)
 
 
-def plan_tiles(n, c_in, k_out, kernel_hw, out_hw, itemsize, bound=None):
+# Tiles are kept to about this size (when the bound allows more) so that the
+# packed columns are still in cache when the GEMM reads them.
+TILE_TARGET_BYTES = 32 * 2**20
+
+
+def plan_tiles(n, c_in, k_out, kernel_hw, out_hw, itemsize, bound=None, target=None):
     """The tile im2col works in: (images, rows, cols) per tile, or None when not even
     one output pixel's columns fit in `bound` (then the direct kernels run).
 
-    `bound` defaults to `fastconv.config.workspace_bytes`, read now."""
+    `bound` defaults to `fastconv.config.workspace_bytes`, read now; tiles aim at
+    `target` (default TILE_TARGET_BYTES) bytes when the bound is larger."""
     if bound is None:
         bound = config.workspace_bytes
+    if target is None:
+        target = TILE_TARGET_BYTES
     out_h, out_w = out_hw
     per_pixel = (c_in * kernel_hw[0] * kernel_hw[1] + k_out) * itemsize
-    if per_pixel * out_h * out_w <= bound:
-        nb = min(n, bound // (per_pixel * out_h * out_w))
+    if per_pixel > bound:
+        return None
+    limit = min(bound, max(target, per_pixel))
+    if per_pixel * out_h * out_w <= limit:
+        nb = min(n, limit // (per_pixel * out_h * out_w))
         nb = _ceil_div(n, _ceil_div(n, nb))          # balance the chunks
         return nb, out_h, out_w
-    if per_pixel * out_w <= bound:
-        th = bound // (per_pixel * out_w)
+    if per_pixel * out_w <= limit:
+        th = limit // (per_pixel * out_w)
         th = _ceil_div(out_h, _ceil_div(out_h, th))
         return 1, th, out_w
-    if per_pixel <= bound:
-        tw = bound // per_pixel
-        tw = _ceil_div(out_w, _ceil_div(out_w, tw))
-        return 1, 1, tw
-    return None
+    tw = limit // per_pixel
+    tw = _ceil_div(out_w, _ceil_div(out_w, tw))
+    return 1, 1, tw
+
+
+def _whole_image(tile, out_hw):
+    """A tile of one whole image: the GEMM reads/writes the image's planes in place."""
+    return tile[0] == 1 and tuple(tile[1:]) == tuple(out_hw)
 
 
 def workspace_bytes_needed(x_shape, w_shape, out_hw, stride, padding, itemsize, bound=None):
     """Bytes of scratch one im2col call allocates (for forward and both gradients):
-    0 for 1x1/stride-1/unpadded convolutions and when the direct fallback runs."""
+    0 for 1x1/stride-1/unpadded convolutions and when the direct fallback runs.
+    Never more than `bound` (default `fastconv.config.workspace_bytes`)."""
     if _is_pointwise(w_shape[2:], stride, padding):
         return 0
     tile = plan_tiles(x_shape[0], x_shape[1], w_shape[0], w_shape[2:], out_hw, itemsize, bound)
     if tile is None:
         return 0
+    return _workspace_elements(x_shape, w_shape, out_hw, tile) * itemsize
+
+
+def _workspace_elements(x_shape, w_shape, out_hw, tile):
     nb, th, tw = tile
-    return (x_shape[1] * w_shape[2] * w_shape[3] + w_shape[0]) * nb * th * tw * itemsize
+    rows = x_shape[1] * w_shape[2] * w_shape[3]
+    buf_rows = 0 if _whole_image(tile, out_hw) else w_shape[0]
+    return (rows + buf_rows) * nb * th * tw
 
 
 def _allocate_workspace(nbytes, dtype):
@@ -205,17 +226,18 @@ def _tiles(n, out_hw, tile):
 
 
 def _workspace(x_shape, w_shape, out_hw, dtype, tile):
-    nb, th, tw = tile
-    rows = x_shape[1] * w_shape[2] * w_shape[3]
-    k_out = w_shape[0]
-    space = _allocate_workspace((rows + k_out) * nb * th * tw * np.dtype(dtype).itemsize, dtype)
-    return space, rows, k_out
+    elements = _workspace_elements(x_shape, w_shape, out_hw, tile)
+    space = _allocate_workspace(elements * np.dtype(dtype).itemsize, dtype)
+    return space, x_shape[1] * w_shape[2] * w_shape[3], w_shape[0]
 
 
 def _views(space, rows, k_out, nb, th, tw, size):
-    """cols (rows, nb, th*tw) and buf (k_out, nb, th*tw) for a tile of `size` pixels per image."""
+    """cols (rows, nb, th*tw) and buf (k_out, nb, th*tw) for a tile of `size` pixels per
+    image (buf is None for whole-image tiles, which use the caller's arrays)."""
     cols = space[:rows * nb * size].reshape(rows, nb, size)
     start = rows * nb * th * tw
+    if space.size == start:
+        return cols, None
     buf = space[start:start + k_out * nb * size].reshape(k_out, nb, size)
     return cols, buf
 
@@ -254,15 +276,19 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
     bias_r = bias_or_zeros(bias, k_out, x.dtype)
     space, rows, _ = _workspace(x.shape, weight.shape, out_hw, x.dtype, tile)
     rg = cg * kh * kw
+    out3 = out.reshape(n, k_out, -1)
     for n0, nb, i0, th, j0, tw in _tiles(n, out_hw, tile):
         cols, buf = _views(space, rows, k_out, nb, tile[1], tile[2], th * tw)
         _pack(xr, cols, n0, i0, j0, th, tw, kh, kw, *geometry)
         cols2 = cols.reshape(rows, nb * th * tw)
-        buf2 = buf.reshape(k_out, nb * th * tw)
+        buf2 = out3[n0] if buf is None else buf.reshape(k_out, nb * th * tw)
         for g in range(groups):
             np.matmul(w2[g * kg:(g + 1) * kg], cols2[g * rg:(g + 1) * rg],
                       out=buf2[g * kg:(g + 1) * kg])
-        _unpack(readonly(buf), bias_r, out, n0, i0, j0, th, tw)
+        if buf is not None:
+            _unpack(readonly(buf), bias_r, out, n0, i0, j0, th, tw)
+        elif bias is not None:
+            buf2 += bias_r[:, None]
     return out
 
 
@@ -291,11 +317,15 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, 
     gor = readonly(grad_out)
     space, rows, _ = _workspace(input_shape, weight.shape, out_hw, dtype, tile)
     rg = cg * kh * kw
+    go3 = grad_out.reshape(n, k_out, -1)
     for n0, nb, i0, th, j0, tw in _tiles(n, out_hw, tile):
         dcols, buf = _views(space, rows, k_out, nb, tile[1], tile[2], th * tw)
-        _pack_out(gor, buf, n0, i0, j0, th, tw)
+        if buf is None:
+            buf2 = go3[n0]
+        else:
+            _pack_out(gor, buf, n0, i0, j0, th, tw)
+            buf2 = buf.reshape(k_out, nb * th * tw)
         dcols2 = dcols.reshape(rows, nb * th * tw)
-        buf2 = buf.reshape(k_out, nb * th * tw)
         for g in range(groups):
             np.matmul(w2[g * kg:(g + 1) * kg].T, buf2[g * kg:(g + 1) * kg],
                       out=dcols2[g * rg:(g + 1) * rg])
@@ -329,12 +359,16 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
     geometry = _geometry(stride, padding, dilation)
     xr, gor = readonly(x), readonly(grad_out)
     space, rows, _ = _workspace(x.shape, weight_shape, out_hw, dtype, tile)
+    go3 = grad_out.reshape(n, k_out, -1)
     for n0, nb, i0, th, j0, tw in _tiles(n, out_hw, tile):
         cols, buf = _views(space, rows, k_out, nb, tile[1], tile[2], th * tw)
         _pack(xr, cols, n0, i0, j0, th, tw, kh, kw, *geometry)
-        _pack_out(gor, buf, n0, i0, j0, th, tw)
+        if buf is None:
+            buf2 = go3[n0]
+        else:
+            _pack_out(gor, buf, n0, i0, j0, th, tw)
+            buf2 = buf.reshape(k_out, nb * th * tw)
         cols2 = cols.reshape(rows, nb * th * tw)
-        buf2 = buf.reshape(k_out, nb * th * tw)
         for g in range(groups):
             np.matmul(buf2[g * kg:(g + 1) * kg], cols2[g * rg:(g + 1) * rg].T, out=partial)
             gw2[g * kg:(g + 1) * kg] += partial

@@ -41,12 +41,13 @@ def _max_row(plane, i, best, idx, kh, kw, sh, sw, pt, pl, dh, dw):
             for j in range(j0, j1):
                 v = xrow[j * sw + off]
                 b = best[j]
+                ix = idx[j]
                 # strictly greater keeps the first maximum; a NaN replaces a non-NaN
                 # and then stays; the first in-bounds element always enters.
-                take = (v > b) | ((v != v) & (b == b)) | (idx[j] < 0)
-                if take:
-                    best[j] = v
-                    idx[j] = base + j * sw
+                # Unconditional stores of selects: the loop vectorises.
+                take = (v > b) | ((v != v) & (b == b)) | (ix < 0)
+                best[j] = v if take else b
+                idx[j] = base + j * sw if take else ix
 
 
 @numba.njit(**KERNEL)
