@@ -332,3 +332,30 @@ def test_im2col_one_by_one_needs_no_workspace(watched_workspace, rng):
                  reference.conv2d_grad_weight(go, x, w.shape, groups=2), np.float64)
     assert watched_workspace == []
     assert im2col.workspace_bytes_needed(x.shape, w.shape, (5, 7), (1, 1), (0, 0, 0, 0), 8) == 0
+
+
+def test_im2col_whole_image_tiles_and_the_tile_target(watched_workspace, rng, monkeypatch):
+    # one image per tile: the GEMM writes the output (reads grad_out) in place, so the
+    # workspace is the columns alone
+    x = rng.standard_normal((1, 6, 10, 11))
+    w = rng.standard_normal((5, 6, 3, 3))
+    b = rng.standard_normal(5)
+    go = rng.standard_normal((1, 5, 10, 11))
+    geometry = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert im2col.plan_tiles(1, 6, 5, (3, 3), (10, 11), 8) == (1, 10, 11)
+    for target in (None, 6 * 11 * 59 * 8):  # default; then 6 rows: less than the bound
+        if target:
+            monkeypatch.setattr(im2col, "TILE_TARGET_BYTES", target)
+            assert im2col.plan_tiles(1, 6, 5, (3, 3), (10, 11), 8) == (1, 5, 11)
+        del watched_workspace[:]
+        assert_close(fc.conv2d(x, w, b, padding=1, algorithm="im2col"),
+                     reference.conv2d(x, w, b, *geometry), np.float64)
+        assert_close(fc.conv2d_grad_input(go, w, x.shape, padding=1, algorithm="im2col"),
+                     reference.conv2d_grad_input(go, w, x.shape, *geometry), np.float64)
+        assert_close(fc.conv2d_grad_weight(go, x, w.shape, padding=1, algorithm="im2col"),
+                     reference.conv2d_grad_weight(go, x, w.shape, *geometry), np.float64)
+        pixels = 110 if target is None else 55
+        rows = 54 if target is None else 54 + 5
+        assert watched_workspace == [rows * pixels * 8] * 3
+        assert watched_workspace[0] == im2col.workspace_bytes_needed(
+            x.shape, w.shape, (10, 11), (1, 1), (1, 1, 1, 1), 8)

@@ -10,7 +10,9 @@ one row). For a tile of `T` output pixels of `B` images the workspace holds
 
 so each group is one large GEMM, ``W_g (K_g x C_g*kH*kW) @ cols_g (C_g*kH*kW x B*T)``,
 and `workspace_bytes_needed` of them never exceed `fastconv.config.workspace_bytes`
-(read at call time). A convolution whose single output pixel would not fit
+(read at call time). Within the bound, tiles aim at `TILE_TARGET_BYTES` so the
+packed columns are still in cache for the GEMM; a tile of exactly one whole
+image needs no `buf`: the GEMM writes the output (reads grad_out) in place. A convolution whose single output pixel would not fit
 (a bound below (C_in*kH*kW + C_out) * itemsize) is computed by the direct kernels,
 which need no workspace.
 
