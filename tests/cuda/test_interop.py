@@ -49,6 +49,11 @@ def test_is_device_array(on_device):
         assert not interop.is_device_array(host)
 
 
+def test_host_torch_tensor_is_not_a_device_array():
+    torch_cpu = pytest.importorskip("torch")
+    assert not interop.is_device_array(torch_cpu.zeros(3))
+
+
 def test_cuda_available_reports():
     usable, why = interop.cuda_available()
     assert usable and isinstance(why, str) and why
