@@ -135,13 +135,15 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
     # contiguous): consecutive threads then store to different banks.
     PAD_A = 0 if trans_a else 4
     PAD_B = 4 if trans_b else 0
+    A_TILE = (BK, BM + PAD_A)      # shapes must be compile-time constant tuples
+    B_TILE = (BK, BN + PAD_B)
     dt = numba.from_dtype(np.dtype(dtype_name))
 
     @cuda.jit
     def gemm(A, B, C, bias, m_dim, n_dim, k_dim, batch,
              la, oa, lb, ob, lc, oc, alpha, beta, has_bias):
-        As = cuda.shared.array((BK, BM + PAD_A), dtype=dt)
-        Bs = cuda.shared.array((BK, BN + PAD_B), dtype=dt)
+        As = cuda.shared.array(A_TILE, dtype=dt)
+        Bs = cuda.shared.array(B_TILE, dtype=dt)
         acc = cuda.local.array((TM, TN), dtype=dt)
         ra = cuda.local.array(TM, dtype=dt)
         rb = cuda.local.array(TN, dtype=dt)
