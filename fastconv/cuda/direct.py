@@ -17,8 +17,8 @@ and float64; padding is never materialised. How they work: docs/cuda.md.
   shared memory.
 - grad_weight: a block owns KB output channels x one input channel x all kh*kw
   offsets, its threads stride over a slice of the (image, output pixel) reduction,
-  then reduce in shared memory in a fixed tree order. Large reductions are split
-  over `splits` blocks that write partial sums; a second kernel adds them in a
+  then reduce all their accumulators in shared memory in a fixed tree order. Large
+  reductions are split over `splits` blocks that write partial sums; a second kernel adds them in a
   fixed order. Deterministic: the same inputs give the same bits.
 
 Indexing: device arrays are indexed with numba's intp (int64) and their strides, and
@@ -33,7 +33,8 @@ import numpy as np
 from numba import cuda
 
 from . import _kernels
-from ._kernels import SHARED_BYTES, cdiv, kernel_factory, pow2_at_least, stream_or_default
+from ._kernels import (SHARED_BYTES, cdiv, kernel_factory, pow2_at_least, pow2_at_most,
+                       stream_or_default)
 
 _NUMBA_DTYPES = {"float32": "float32", "float64": "float64"}
 
@@ -320,7 +321,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, 
 # --------------------------------------------------------------------------
 
 @kernel_factory
-def _make_grad_weight(dtype_name: str, KB: int, KH: int, KW: int, RCH: int):
+def _make_grad_weight(dtype_name: str, KB: int, KH: int, KW: int):
     dt = _nb_dtype(dtype_name)
     zero = np.dtype(dtype_name).type(0)
     KHW = KH * KW     # compile-time kernel size: the offset loops unroll
@@ -337,7 +338,7 @@ def _make_grad_weight(dtype_name: str, KB: int, KH: int, KW: int, RCH: int):
         kg = k_out // groups
         nt = cuda.blockDim.x
         tid = cuda.threadIdx.x
-        red = cuda.shared.array(0, dt)     # [RCH, nt]
+        red = cuda.shared.array(0, dt)     # [NACC, nt]
         acc = cuda.local.array(NACC, dt)
         gov = cuda.local.array(KB, dt)
         plane = out_h * out_w
@@ -375,24 +376,23 @@ def _make_grad_weight(dtype_name: str, KB: int, KH: int, KW: int, RCH: int):
                         xv = x[n, cin, ir, ic]
                         for kk in range(KB):
                             acc[kk * KHW + p * KW + q] += gov[kk] * xv
-            # Fixed-order tree reduction, RCH accumulators at a time.
-            for a0 in range(0, NACC, RCH):
-                for i in range(RCH):
-                    red[i * nt + tid] = acc[a0 + i] if a0 + i < NACC else zero
+            # Fixed-order tree reduction of all NACC accumulators at once; the
+            # store loop has a constant trip count, so acc can stay in registers.
+            for a in range(NACC):
+                red[a * nt + tid] = acc[a]
+            cuda.syncthreads()
+            step = nt // 2
+            while step > 0:
+                if tid < step:
+                    for a in range(NACC):
+                        red[a * nt + tid] += red[a * nt + tid + step]
                 cuda.syncthreads()
-                step = nt // 2
-                while step > 0:
-                    if tid < step:
-                        for i in range(RCH):
-                            red[i * nt + tid] += red[i * nt + tid + step]
-                    cuda.syncthreads()
-                    step //= 2
-                if tid < RCH and a0 + tid < NACC:
-                    a = a0 + tid
-                    kk = a // KHW
-                    if kk < nk:
-                        partial[s, k0 + kk, c, a % KHW] = red[tid * nt]
-                cuda.syncthreads()
+                step //= 2
+            for a in range(tid, NACC, nt):
+                kk = a // KHW
+                if kk < nk:
+                    partial[s, k0 + kk, c, a % KHW] = red[a * nt]
+            cuda.syncthreads()
 
     return grad_weight
 
@@ -431,15 +431,16 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
     kb = _block_kb(k_out // groups) if khw <= 25 else 1
     kblocks = cdiv(k_out // groups, kb)
     nwork = groups * kblocks * cg
-    nt = min(_GW_THREADS, max(32, pow2_at_least(total)))
-    rch = min(kb * khw, 16)
+    # one shared row of nt partial sums per accumulator: nt * kb*kh*kw values
+    nt = min(_GW_THREADS, max(32, pow2_at_least(total)),
+             pow2_at_most(max(1, SHARED_BYTES // (kb * khw * itemsize))))
     splits = max(1, min(_TARGET_BLOCKS // nwork, cdiv(total, nt * _MIN_ITEMS_PER_THREAD)))
     per_split = cdiv(total, splits)
     splits = cdiv(total, per_split)
     partial = _kernels.empty((splits, k_out, cg, khw), x.dtype, stream)
-    kernel = _make_grad_weight(dtype_name, kb, kh, kw, rch)
+    kernel = _make_grad_weight(dtype_name, kb, kh, kw)
     blocks = min(nwork * splits, _kernels.MAX_BLOCKS_1D)
-    kernel[blocks, nt, stream, rch * nt * itemsize](
+    kernel[blocks, nt, stream, kb * khw * nt * itemsize](
         grad_out, x, partial, stride[0], stride[1], padding[0], padding[2],
         dilation[0], dilation[1], groups, kblocks, per_split)
     if splits == 1:

@@ -319,8 +319,8 @@ for name in ("float32", "float64"):
              for kb, px in ((4, 2), (2, 1), (1, 2))]
     cases += [(direct._make_grad_input(name, cb, px), (a4, a4, a4) + (i64,) * 9)
               for cb, px in ((4, 2), (1, 1))]
-    cases += [(direct._make_grad_weight(name, kb, kh, kw, rch), (a4, a4, a4) + (i64,) * 9)
-              for kb, kh, kw, rch in ((4, 3, 3, 16), (1, 7, 7, 16), (2, 1, 1, 2))]
+    cases += [(direct._make_grad_weight(name, kb, kh, kw), (a4, a4, a4) + (i64,) * 9)
+              for kb, kh, kw in ((4, 3, 3), (1, 7, 7), (2, 1, 1))]
     cases += [(direct._make_sum_splits(name), (arr(dt, 2), arr(dt, 1))),
               (pooling._make_max_forward(name, True), (a3, a3, idx) + (i64,) * 8),
               (pooling._make_max_forward(name, False), (a3, a3, idx) + (i64,) * 8),
