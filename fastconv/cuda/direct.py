@@ -18,8 +18,9 @@ and float64; padding is never materialised. How they work: docs/cuda.md.
 - grad_weight: a block owns KB output channels x one input channel x all kh*kw
   offsets, its threads stride over a slice of the (image, output pixel) reduction,
   then reduce all their accumulators in shared memory in a fixed tree order. Large
-  reductions are split over `splits` blocks that write partial sums; a second kernel adds them in a
-  fixed order. Deterministic: the same inputs give the same bits.
+  reductions are split over `splits` blocks that write partial sums; a second
+  kernel adds them in a fixed order. Deterministic: the same inputs give the same
+  bits.
 
 Indexing: device arrays are indexed with numba's intp (int64) and their strides, and
 every index derived from block/thread ids is promoted to int64, so tensors over 2**31
