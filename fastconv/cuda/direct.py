@@ -162,11 +162,23 @@ def _block_kb(per_group):
     return 4 if per_group >= 3 else per_group
 
 
+def _fit_block(kb, kh, kw, itemsize):
+    """Shrink a channel block (4 -> 2 -> 1) until kb kernels fit in shared memory."""
+    while kb > 1 and kb * kh * kw * itemsize > SHARED_BYTES:
+        kb = 2 if kb == 4 else 1
+    if kh * kw * itemsize > SHARED_BYTES:
+        raise ValueError(
+            f"algorithm='direct' on CUDA needs one {kh}x{kw} kernel ({kh * kw * itemsize} "
+            f"bytes) to fit in {SHARED_BYTES} bytes of shared memory; use "
+            "algorithm='im2col' for kernels this large")
+    return kb
+
+
 def _forward_plan(x_shape, w_shape, stride, dilation, groups, out_hw, itemsize):
     """Launch plan: block (tw, th), register block (KB, PX), channel chunk, patch."""
     k_out, cg, kh, kw = w_shape
     out_h, out_w = out_hw
-    kb = _block_kb(k_out // groups)
+    kb = _fit_block(_block_kb(k_out // groups), kh, kw, itemsize)
     px = 2 if out_w >= 2 else 1
     tw = min(_TW_MAX, pow2_at_least(cdiv(out_w, px)))
     th = min(_TH_MAX, pow2_at_least(out_h))
@@ -301,7 +313,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, 
     k_out, cg, kh, kw = weight.shape
     gx = _kernels.empty(input_shape, grad_out.dtype, stream)
     itemsize = grad_out.dtype.itemsize
-    cb = _block_kb(cg)
+    cb = _fit_block(_block_kb(cg), kh, kw, itemsize)
     px = 2 if width >= 2 else 1
     tw = min(_TW_MAX, pow2_at_least(cdiv(width, px)))
     th = min(_TH_MAX, pow2_at_least(height))
@@ -429,7 +441,7 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
     dtype_name = np.dtype(x.dtype).name
     itemsize = x.dtype.itemsize
     khw = kh * kw
-    kb = _block_kb(k_out // groups) if khw <= 25 else 1
+    kb = _fit_block(_block_kb(k_out // groups) if khw <= 25 else 1, kh, kw, itemsize)
     kblocks = cdiv(k_out // groups, kb)
     nwork = groups * kblocks * cg
     # one shared row of nt partial sums per accumulator: nt * kb*kh*kw values

@@ -98,6 +98,16 @@ def test_direct_global_memory_fallback(rng, on_device, to_host, monkeypatch, dty
     _check_conv(rng, on_device, to_host, case, dtype)
 
 
+def test_direct_block_shrinks_then_refuses_huge_kernels(on_device, monkeypatch):
+    monkeypatch.setattr(direct, "SHARED_BYTES", 100)
+    assert direct._fit_block(4, 3, 3, 4) == 2       # 4 kernels of 36 bytes do not fit
+    assert direct._fit_block(4, 3, 3, 8) == 1
+    x = on_device(np.zeros((1, 1, 6, 6)))
+    w = on_device(np.zeros((1, 1, 4, 4)))           # 128 bytes > 100
+    with pytest.raises(ValueError, match="im2col"):
+        direct.conv2d(x, w, None, (1, 1), (0, 0, 0, 0), (1, 1), 1, (3, 3))
+
+
 def test_direct_deterministic(rng, on_device, to_host, monkeypatch):
     """The same inputs give the same bits (split reduction included)."""
     monkeypatch.setattr(direct, "_GW_THREADS", 32)
