@@ -15,6 +15,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from ..config import config
 from ._common import KERNEL, bias_or_zeros, readonly, valid_range
 
 # Groups with at least this many output channels (forward) or input channels
@@ -239,6 +240,45 @@ def _grad_weight(go, x, gw, sh, sw, pt, pl, dh, dw, groups):
                 gw[k, cc, p, q] = s
 
 
+@numba.njit(**KERNEL)
+def _grad_weight_channels_inner(got, x, gwt, n0, sh, sw, pt, pl, dh, dw, groups):
+    """Adds images n0.. n0+len(got) to gwt[c, p, q, k] (the weight gradient laid out
+    (C_in/g, kH, kW, C_out)). got is grad_out laid out (N, out_h, out_w, C_out), so
+    the innermost loop runs over the group's output channels. One thread owns a
+    (group, block of 4 input channels, kernel row p) slice: race-free, fixed order."""
+    c_in, height, width = x.shape[1], x.shape[2], x.shape[3]
+    cg, kh, kw, k_out = gwt.shape
+    nb, out_h, out_w = got.shape[0], got.shape[1], got.shape[2]
+    kg = k_out // groups
+    cblocks = (cg + 3) // 4
+    total = groups * cblocks * kh
+    for t in prange(total):
+        p = t % kh
+        rest = t // kh
+        cb = rest % cblocks
+        g = rest // cblocks
+        k0 = g * kg
+        c_lo = cb * 4
+        c_hi = min(c_lo + 4, cg)
+        for b in range(nb):
+            for i in range(out_h):
+                r = i * sh - pt + p * dh
+                if r < 0 or r >= height:
+                    continue
+                grows = got[b, i]
+                for cc in range(c_lo, c_hi):
+                    xrow = x[n0 + b, g * cg + cc, r]
+                    for q in range(kw):
+                        off = q * dw - pl
+                        j0, j1 = valid_range(off, sw, width, out_w)
+                        acc = gwt[cc, p, q, k0:k0 + kg]
+                        for j in range(j0, j1):
+                            v = xrow[j * sw + off]
+                            gvec = grows[j, k0:k0 + kg]
+                            for kk in range(kg):
+                                acc[kk] += v * gvec[kk]
+
+
 def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
     """Forward convolution (cross-correlation); see docs/internals.md."""
     n = x.shape[0]
@@ -271,8 +311,20 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, 
 
 def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups):
     """Gradient with respect to the weight, one (k, c) slice per thread."""
-    gw = np.empty(tuple(weight_shape), dtype=x.dtype)
     top, _, left, _ = padding
+    n, k_out = grad_out.shape[:2]
+    per_image = grad_out[0].nbytes  # grad_out laid out channels-last, one image
+    if k_out // groups >= CHANNELS_INNER_MIN and per_image <= config.workspace_bytes:
+        # channels-last grad_out in chunks of images within the workspace bound
+        nb = min(n, config.workspace_bytes // per_image)
+        gwt = np.zeros((weight_shape[1], weight_shape[2], weight_shape[3], k_out), x.dtype)
+        xr = readonly(x)
+        for n0 in range(0, n, nb):
+            got = readonly(np.ascontiguousarray(grad_out[n0:n0 + nb].transpose(0, 2, 3, 1)))
+            _grad_weight_channels_inner(got, xr, gwt, n0, stride[0], stride[1], top, left,
+                                        dilation[0], dilation[1], groups)
+        return np.ascontiguousarray(gwt.transpose(3, 0, 1, 2))
+    gw = np.empty(tuple(weight_shape), dtype=x.dtype)
     _grad_weight(readonly(grad_out), readonly(x), gw, stride[0], stride[1], top, left,
                  dilation[0], dilation[1], groups)
     return gw
