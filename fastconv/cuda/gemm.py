@@ -117,7 +117,8 @@ def choose_config(m: int, n: int, batch: int = 1) -> GemmConfig:
 
 
 def _simulator() -> bool:
-    return bool(numba.config.ENABLE_CUDASIM)
+    from .interop import simulated
+    return simulated()
 
 
 # --------------------------------------------------------------------------
