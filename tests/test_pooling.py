@@ -287,8 +287,8 @@ def test_inputs_are_not_written_and_layouts_agree():
     expected = [fc.max_pool2d(x, 3, 2, 1, return_indices=True)[1],
                 fc.max_pool2d_backward(go, x, 3, 2, 1),
                 fc.avg_pool2d(x, 3, 2, 1), fc.avg_pool2d_backward(go, x.shape, 3, 2, 1)]
-    for xl, gol in [(np.asfortranarray(x), np.asfortranarray(go)),
-                    (x[:, :, ::-1, ::-1].copy()[:, :, ::-1, ::-1], go[..., ::-1].copy()[..., ::-1])]:
+    negative = (x[:, :, ::-1, ::-1].copy()[:, :, ::-1, ::-1], go[..., ::-1].copy()[..., ::-1])
+    for xl, gol in [(np.asfortranarray(x), np.asfortranarray(go)), negative]:
         xl.flags.writeable = False
         copies = (xl.copy(), gol.copy())
         results = [fc.max_pool2d(xl, 3, 2, 1, return_indices=True)[1],

@@ -12,7 +12,9 @@ so each group is one large GEMM, ``W_g (K_g x C_g*kH*kW) @ cols_g (C_g*kH*kW x B
 and `workspace_bytes_needed` of them never exceed `fastconv.config.workspace_bytes`
 (read at call time). Within the bound, tiles aim at `TILE_TARGET_BYTES` so the
 packed columns are still in cache for the GEMM; a tile of exactly one whole
-image needs no `buf`: the GEMM writes the output (reads grad_out) in place. A convolution whose single output pixel would not fit
+image needs no `buf`: the GEMM writes the output (reads grad_out) in place.
+
+A convolution whose single output pixel would not fit
 (a bound below (C_in*kH*kW + C_out) * itemsize) is computed by the direct kernels,
 which need no workspace.
 
@@ -29,7 +31,7 @@ from numba import prange
 
 from ..config import config
 from . import direct
-from ._common import KERNEL, bias_or_zeros, readonly, valid_range
+from ._common import KERNEL, readonly, valid_range
 
 # --------------------------------------------------------------------------
 # kernels
@@ -115,33 +117,23 @@ def _col2im(dcols, gi, n0, i0, j0, th, tw, kh, kw, sh, sw, pt, pl, dh, dw):
                         girow[j * sw + off] += src[base + j]
 
 
-@numba.njit(**KERNEL)
 def _unpack(buf, bias, out, n0, i0, j0, th, tw):
-    """out[n0+b, k, i0+ii, j0+jj] = buf[k, b, ii*tw + jj] + bias[k]."""
+    """out[n0+b, k, i0+ii, j0+jj] = buf[k, b, ii*tw + jj] (+ bias[k]). A memory-bound
+    copy: NumPy does it (one kernel fewer to compile)."""
     k_out, nb = buf.shape[0], buf.shape[1]
-    for t in prange(k_out * nb):
-        b = t % nb
-        k = t // nb
-        src = buf[k, b]
-        bk = bias[k]
-        for ii in range(th):
-            orow = out[n0 + b, k, i0 + ii]
-            for jj in range(tw):
-                orow[j0 + jj] = src[ii * tw + jj] + bk
+    src = buf.reshape(k_out, nb, th, tw).transpose(1, 0, 2, 3)
+    dst = out[n0:n0 + nb, :, i0:i0 + th, j0:j0 + tw]
+    if bias is None:
+        dst[...] = src
+    else:
+        np.add(src, bias[None, :, None, None], out=dst)
 
 
-@numba.njit(**KERNEL)
 def _pack_out(go, buf, n0, i0, j0, th, tw):
     """buf[k, b, ii*tw + jj] = go[n0+b, k, i0+ii, j0+jj] (grad_out laid out for the GEMM)."""
     k_out, nb = buf.shape[0], buf.shape[1]
-    for t in prange(k_out * nb):
-        b = t % nb
-        k = t // nb
-        dst = buf[k, b]
-        for ii in range(th):
-            grow = go[n0 + b, k, i0 + ii]
-            for jj in range(tw):
-                dst[ii * tw + jj] = grow[j0 + jj]
+    buf.reshape(k_out, nb, th, tw)[...] = go[n0:n0 + nb, :, i0:i0 + th,
+                                            j0:j0 + tw].transpose(1, 0, 2, 3)
 
 
 # --------------------------------------------------------------------------
@@ -275,7 +267,6 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
         return direct.conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw)
     geometry = _geometry(stride, padding, dilation)
     xr = readonly(x)
-    bias_r = bias_or_zeros(bias, k_out, x.dtype)
     space, rows, _ = _workspace(x.shape, weight.shape, out_hw, x.dtype, tile)
     rg = cg * kh * kw
     out3 = out.reshape(n, k_out, -1)
@@ -288,9 +279,9 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
             np.matmul(w2[g * kg:(g + 1) * kg], cols2[g * rg:(g + 1) * rg],
                       out=buf2[g * kg:(g + 1) * kg])
         if buf is not None:
-            _unpack(readonly(buf), bias_r, out, n0, i0, j0, th, tw)
+            _unpack(buf, bias, out, n0, i0, j0, th, tw)
         elif bias is not None:
-            buf2 += bias_r[:, None]
+            buf2 += bias[:, None]
     return out
 
 
