@@ -47,8 +47,9 @@ Tuning notes (none of this was measured: the project was written without a GPU)
 - ``LARGE`` vs ``MEDIUM`` is chosen by tile count against the SM count
   (:func:`choose_config`); a 128x64 / 64x128 config and split-K (for grad_weight,
   whose reduction N*H*W is long while M x N is small) are the next candidates.
-- Split operands pay an integer division per element load; for split B the
-  column of a thread's loads does not change with ``k`` and could be hoisted.
+- Split operands cost no division in the main loop: each thread's load slots
+  keep their (image, pixel) and step it by ``BK`` (``aq/ap``, ``bq/bp``); the
+  epilogue of a split C divides once per output.
 - Block swizzling (walking tiles in groups of rows) improves L2 reuse at 4096^2.
 """
 from __future__ import annotations
@@ -138,6 +139,8 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
     PAD_B = 4 if trans_b else 0
     A_TILE = (BK, BM + PAD_A)      # shapes must be compile-time constant tuples
     B_TILE = (BK, BN + PAD_B)
+    LOADS_A = -(-BM * BK // THREADS)     # global->shared loads per thread per step
+    LOADS_B = -(-BK * BN // THREADS)
     dt = numba.from_dtype(np.dtype(dtype_name))
 
     @cuda.jit
@@ -148,6 +151,10 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
         acc = cuda.local.array((TM, TN), dtype=dt)
         ra = cuda.local.array(TM, dtype=dt)
         rb = cuda.local.array(TN, dtype=dt)
+        aq = cuda.local.array(LOADS_A, dtype=numba.int64)   # split A: image of a slot
+        ap = cuda.local.array(LOADS_A, dtype=numba.int64)   # split A: pixel of a slot
+        bq = cuda.local.array(LOADS_B, dtype=numba.int64)
+        bp = cuda.local.array(LOADS_B, dtype=numba.int64)
         tid = cuda.threadIdx.x
         tx = tid % TX
         ty = tid // TX
@@ -164,47 +171,80 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
                 for i in range(TM):
                     for j in range(TN):
                         acc[i, j] = 0
+                if split_a:
+                    # (image, pixel) of each of this thread's load slots' stored
+                    # column, at k0 = 0: no division in the main loop.
+                    for s in range(LOADS_A):
+                        e = tid + s * THREADS
+                        if trans_a:
+                            cc = oa + row0 + e % BM      # column = m: fixed
+                        else:
+                            cc = oa + e % BK             # column = k: advances
+                        aq[s] = cc // la
+                        ap[s] = cc % la
+                if split_b:
+                    for s in range(LOADS_B):
+                        e = tid + s * THREADS
+                        if trans_b:
+                            cc = ob + e % BK             # column = k: advances
+                        else:
+                            cc = ob + col0 + e % BN      # column = n: fixed
+                        bq[s] = cc // lb
+                        bp[s] = cc % lb
                 for k0 in range(0, k_dim, BK):
                     # ---- op(A) tile -> As[kk, i] -------------------------------
-                    for e in range(tid, BM * BK, THREADS):
-                        if trans_a:        # stored (k, m), contiguous along m
-                            i = e % BM
-                            kk = e // BM
-                        else:              # stored (m, k), contiguous along k
-                            kk = e % BK
-                            i = e // BK
-                        m = row0 + i
-                        k = k0 + kk
-                        v = dt(0)
-                        if m < m_dim and k < k_dim:
-                            r = k if trans_a else m
-                            c = m if trans_a else k
-                            if split_a:
-                                cc = oa + c
-                                v = A[cc // la, g * ra_rows + r, cc % la]
-                            else:
-                                v = A[ga, r, c]
-                        As[kk, i] = v
+                    for s in range(LOADS_A):
+                        e = tid + s * THREADS
+                        if e < BM * BK:
+                            if trans_a:        # stored (k, m), contiguous along m
+                                i = e % BM
+                                kk = e // BM
+                            else:              # stored (m, k), contiguous along k
+                                kk = e % BK
+                                i = e // BK
+                            m = row0 + i
+                            k = k0 + kk
+                            v = dt(0)
+                            if m < m_dim and k < k_dim:
+                                r = k if trans_a else m
+                                if split_a:
+                                    v = A[aq[s], g * ra_rows + r, ap[s]]
+                                else:
+                                    v = A[ga, r, m if trans_a else k]
+                            As[kk, i] = v
                     # ---- op(B) tile -> Bs[kk, j] -------------------------------
-                    for e in range(tid, BK * BN, THREADS):
-                        if trans_b:        # stored (n, k), contiguous along k
-                            kk = e % BK
-                            j = e // BK
-                        else:              # stored (k, n), contiguous along n
-                            j = e % BN
-                            kk = e // BN
-                        n = col0 + j
-                        k = k0 + kk
-                        v = dt(0)
-                        if n < n_dim and k < k_dim:
-                            r = n if trans_b else k
-                            c = k if trans_b else n
-                            if split_b:
-                                cc = ob + c
-                                v = B[cc // lb, g * rb_rows + r, cc % lb]
-                            else:
-                                v = B[gb, r, c]
-                        Bs[kk, j] = v
+                    for s in range(LOADS_B):
+                        e = tid + s * THREADS
+                        if e < BK * BN:
+                            if trans_b:        # stored (n, k), contiguous along k
+                                kk = e % BK
+                                j = e // BK
+                            else:              # stored (k, n), contiguous along n
+                                j = e % BN
+                                kk = e // BN
+                            n = col0 + j
+                            k = k0 + kk
+                            v = dt(0)
+                            if n < n_dim and k < k_dim:
+                                r = n if trans_b else k
+                                if split_b:
+                                    v = B[bq[s], g * rb_rows + r, bp[s]]
+                                else:
+                                    v = B[gb, r, k if trans_b else n]
+                            Bs[kk, j] = v
+                    # split columns along k move on by BK (no division)
+                    if split_a and not trans_a:
+                        for s in range(LOADS_A):
+                            ap[s] += BK
+                            while ap[s] >= la:
+                                ap[s] -= la
+                                aq[s] += 1
+                    if split_b and trans_b:
+                        for s in range(LOADS_B):
+                            bp[s] += BK
+                            while bp[s] >= lb:
+                                bp[s] -= lb
+                                bq[s] += 1
                     cuda.syncthreads()
                     for kk in range(BK):
                         for i in range(TM):

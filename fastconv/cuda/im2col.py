@@ -79,38 +79,66 @@ def _chunks(total, size):
 # kernels
 # --------------------------------------------------------------------------
 
+# Rows of the column matrix one im2col thread walks (decoding (c, p, q) once).
+IM2COL_ROWS = 16
+
+
 @kernel_factory
 def _make_im2col(dtype_name: str):
     dt = numba.from_dtype(np.dtype(dtype_name))
+    RB = IM2COL_ROWS
 
     @cuda.jit
     def im2col(x, cols, g0, r0, j0, cg_, kh, kw, sh, sw, pt, pl, dh, dw, out_w, plane):
         """cols[g, r, j] = xpad[n, (g0+g)*Cg + c, oh*sh + p*dh, ow*sw + q*dw] with
-        (c, p, q) = divmod(r0 + r) and (n, oh, ow) = divmod(j0 + j)."""
+        (c, p, q) = divmod(r0 + r) and (n, oh, ow) = divmod(j0 + j).
+
+        x of the grid: columns (consecutive threads, consecutive j: coalesced
+        writes); y: blocks of RB rows of the flattened (g, r), which a thread walks
+        with counters, so the int64 divisions are 2 per column and 3 per RB rows."""
         gc, rc, jc = cols.shape
         height, width = x.shape[2], x.shape[3]
-        total = gc * rc * jc
-        i = cuda.grid(1)
-        step = cuda.gridsize(1)
-        while i < total:
-            j = i % jc
-            t = i // jc
-            r = t % rc
-            g = t // rc
-            rr = r0 + r
-            q = rr % kw
-            p = (rr // kw) % kh
-            c = (g0 + g) * cg_ + rr // (kw * kh)
+        row_blocks = (gc * rc + RB - 1) // RB
+        j = cuda.grid(1)
+        while j < jc:
             col = j0 + j
             n = col // plane
             pix = col % plane
-            ih = (pix // out_w) * sh - pt + p * dh
-            iw = (pix % out_w) * sw - pl + q * dw
-            v = dt(0)
-            if ih >= 0 and ih < height and iw >= 0 and iw < width:
-                v = x[n, c, ih, iw]
-            cols[g, r, j] = v
-            i += step
+            ih0 = (pix // out_w) * sh - pt
+            iw0 = (pix % out_w) * sw - pl
+            for rb in range(cuda.blockIdx.y, row_blocks, cuda.gridDim.y):
+                t = rb * RB
+                g = t // rc
+                r = t % rc
+                rr = r0 + r
+                q = rr % kw
+                p = (rr // kw) % kh
+                cl = rr // (kw * kh)
+                for _ in range(RB):
+                    if g >= gc:
+                        break
+                    ih = ih0 + p * dh
+                    iw = iw0 + q * dw
+                    v = dt(0)
+                    if ih >= 0 and ih < height and iw >= 0 and iw < width:
+                        v = x[n, (g0 + g) * cg_ + cl, ih, iw]
+                    cols[g, r, j] = v
+                    # next row: (c, p, q) counters; at the end of a group, restart
+                    r += 1
+                    q += 1
+                    if q == kw:
+                        q = 0
+                        p += 1
+                        if p == kh:
+                            p = 0
+                            cl += 1
+                    if r == rc:
+                        r = 0
+                        g += 1
+                        q = r0 % kw
+                        p = (r0 // kw) % kh
+                        cl = r0 // (kw * kh)
+            j += cuda.gridDim.x * cuda.blockDim.x
     return im2col
 
 
@@ -145,18 +173,24 @@ def _make_col2im(dtype_name: str):
                 hh = h + pt - p * dh
                 if hh < 0:
                     break          # hh only decreases with p
-                if hh % sh != 0:
+                if sh == 1:
+                    oh = hh
+                elif hh % sh != 0:
                     continue
-                oh = hh // sh
+                else:
+                    oh = hh // sh
                 if oh >= out_h:
                     continue
                 for q in range(kw):
                     ww = w + pl - q * dw
                     if ww < 0:
                         break
-                    if ww % sw != 0:
+                    if sw == 1:
+                        ow = ww
+                    elif ww % sw != 0:
                         continue
-                    ow = ww // sw
+                    else:
+                        ow = ww // sw
                     if ow >= out_w:
                         continue
                     rr = (cg * kh + p) * kw + q - r0
@@ -203,8 +237,14 @@ def _chunk_view(space, gc, rc, jc):
 def _launch_im2col(x, cols, g0, r0, j0, cg, kernel_hw, stride, padding, dilation,
                    out_hw, stream):
     kh, kw = kernel_hw
-    blocks, threads = launch_dims(cols.size)
-    _make_im2col(np.dtype(x.dtype).name)[blocks, threads, stream](
+    gc, rc, jc = cols.shape
+    row_blocks = -(-gc * rc // IM2COL_ROWS)
+    if gemm._simulator():
+        grid, threads = (2, min(row_blocks, 2)), 4
+    else:
+        threads = 128
+        grid = (min(-(-jc // threads), 65535 * 8), min(row_blocks, 65535))
+    _make_im2col(np.dtype(x.dtype).name)[grid, threads, stream](
         x, cols, _i(g0), _i(r0), _i(j0), _i(cg), _i(kh), _i(kw), _i(stride[0]),
         _i(stride[1]), _i(padding[0]), _i(padding[2]), _i(dilation[0]), _i(dilation[1]),
         _i(out_hw[1]), _i(out_hw[0] * out_hw[1]))

@@ -93,6 +93,43 @@ def test_matmul_batched_and_broadcast(rng, on_device, to_host, dtype):
     assert_close(to_host(out), np.einsum("bmk,kn->bmn", a.astype(np.float64), b), dtype)
 
 
+def _split_array(rng, rows, cols, length, offset):
+    """A (P, rows, length) array whose flattened (image, pixel) columns
+    offset .. offset+cols-1 hold a rows x cols matrix; and that matrix."""
+    images = -(-(offset + cols) // length) + 1
+    stored = rng.standard_normal((images, rows, length))
+    idx = offset + np.arange(cols)
+    return stored, stored[idx // length, :, idx % length].T
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False),
+                                             (False, True), (True, True)])
+def test_gemm_split_operands(rng, on_device, to_host, trans_a, trans_b):
+    # batch 2 of (3 x 7) @ (7 x 5), every operand "split" over (image, pixel) columns
+    # of length 3 at an offset, with 4-deep k steps (a step crosses images), bias and
+    # beta = 1: the addressing im2col's chunks use, in every transpose mode.
+    batch, m, n, k, length = 2, 3, 5, 7, 3
+    a_rows, a_cols = (k, m) if trans_a else (m, k)
+    b_rows, b_cols = (n, k) if trans_b else (k, n)
+    a_st, a_mat = _split_array(rng, batch * a_rows, a_cols, length, 2)
+    b_st, b_mat = _split_array(rng, batch * b_rows, b_cols, length, 1)
+    c_st, c_mat = _split_array(rng, batch * m, n, length, 4)
+    bias = rng.standard_normal(batch * m)
+    dc = on_device(c_st)
+    gemm.launch(on_device(a_st), on_device(b_st), dc, m, n, k, batch, trans_a=trans_a,
+                trans_b=trans_b, beta=1.0, bias=on_device(bias), split_a=(length, 2),
+                split_b=(length, 1), split_c=(length, 4), config=gemm.SMALL)
+    expected = c_st.copy()
+    for g in range(batch):
+        a_g = a_mat[g * a_rows:(g + 1) * a_rows]
+        b_g = b_mat[g * b_rows:(g + 1) * b_rows]
+        prod = (a_g.T if trans_a else a_g) @ (b_g.T if trans_b else b_g)
+        prod += bias[g * m:(g + 1) * m, None] + c_mat[g * m:(g + 1) * m]
+        idx = 4 + np.arange(n)
+        expected[idx // length, g * m:(g + 1) * m, idx % length] = prod.T
+    assert_close(to_host(dc), expected, np.float64)     # and nothing else written
+
+
 def test_matmul_refuses_bad_arguments(on_device):
     a = on_device(np.ones((2, 3)))
     with pytest.raises(ValueError, match="inner dimensions"):
