@@ -14,8 +14,9 @@ of B are consecutive words (no bank conflicts) and its stores to C are coalesced
 
 The tile sizes are compile-time constants of a memoised kernel factory
 (``_make_gemm``); a :class:`GemmConfig` names them. ``LARGE`` (128x128x8, 8x8 per
-thread, 256 threads) is the default for big problems on a GPU, ``MEDIUM``
-(64x64x8, 4x4) for problems with too few 128x128 tiles to fill the GPU, and
+thread, 256 threads) is the default for big problems on a GPU, ``WIDE``
+(64x128x8, 4x8) for big ones with at most 64 rows, ``MEDIUM`` (64x64x8, 4x4) for
+problems with too few 128x128 tiles to fill the GPU, and
 ``SIM`` (8x16x16, 4x8, 4 threads) is the default under the CUDA simulator,
 which runs one Python thread per CUDA thread; ``SMALL`` (8x8x4) and ``TINY``
 (4x4x2) let tests cover many partial tiles with tiny matrices.
@@ -85,6 +86,7 @@ class GemmConfig(NamedTuple):
 
 LARGE = GemmConfig(128, 128, 8, 8, 8)   # 256 threads, 64 accumulators each
 MEDIUM = GemmConfig(64, 64, 8, 4, 4)    # 256 threads, 16 accumulators each
+WIDE = GemmConfig(64, 128, 8, 4, 8)     # 256 threads, 32 each: M <= 64 (few channels)
 SMALL = GemmConfig(8, 8, 4, 2, 2)       # 16 threads: tests of many partial tiles
 TINY = GemmConfig(4, 4, 2, 2, 2)        # 4 threads: tests of many partial tiles
 # The simulator's default: it runs a Python thread per CUDA thread and each
@@ -109,12 +111,16 @@ def choose_config(m: int, n: int, batch: int = 1) -> GemmConfig:
 
     Under the simulator: SIM (a Python thread per CUDA thread). On a GPU: LARGE
     when it makes at least two 128x128 tiles per SM, else MEDIUM (more, smaller
-    blocks fill the GPU better than a few big ones). Untuned: see the module notes.
+    blocks fill the GPU better than a few big ones); WIDE (64x128) instead of
+    LARGE when M <= 64 (64 output channels: half of a 128-row tile would idle).
+    Untuned: see the module notes.
     """
     if _simulator():
         return SIM
     tiles = math.ceil(m / 128) * math.ceil(n / 128) * batch
-    return LARGE if tiles >= 2 * _sm_count() else MEDIUM
+    if tiles < 2 * _sm_count():
+        return MEDIUM
+    return WIDE if m <= 64 else LARGE
 
 
 def _simulator() -> bool:
@@ -368,5 +374,5 @@ def _add_axis(arr):
 
 gemm = matmul
 
-__all__ = ["GemmConfig", "LARGE", "MEDIUM", "SMALL", "TINY", "SIM", "choose_config", "launch",
+__all__ = ["GemmConfig", "LARGE", "MEDIUM", "WIDE", "SMALL", "TINY", "SIM", "choose_config", "launch",
            "matmul", "gemm"]

@@ -141,10 +141,10 @@ def test_matmul_refuses_bad_arguments(on_device):
 
 
 def test_gemm_configs_are_consistent():
-    for cfg in (gemm.LARGE, gemm.MEDIUM, gemm.SMALL, gemm.TINY, gemm.SIM):
+    for cfg in (gemm.LARGE, gemm.MEDIUM, gemm.WIDE, gemm.SMALL, gemm.TINY, gemm.SIM):
         assert cfg.bm % cfg.tm == 0 and cfg.bn % cfg.tn == 0
         assert cfg.shared_bytes(8) <= 48 * 1024
-    assert gemm.LARGE.threads == 256 and gemm.MEDIUM.threads == 256
+    assert gemm.LARGE.threads == gemm.MEDIUM.threads == gemm.WIDE.threads == 256
 
 
 # --------------------------------------------------------------------------
@@ -243,6 +243,9 @@ def test_winograd_matrices_compute_the_correlation(rng, m):
     y = at @ ((g @ k @ g.T) * (bt @ d @ bt.T)) @ at.T
     expected = [[np.sum(d[i:i + 3, j:j + 3] * k) for j in range(m)] for i in range(m)]
     np.testing.assert_allclose(y, expected, atol=1e-12)
+    # matrices borrowed from the CPU backend are checked the same way
+    assert winograd._computes_correlation(at, g, bt, m, 3)
+    assert not winograd._computes_correlation(at, g, -bt, m, 3)
 
 
 # (N, C, H, W, K, padding4, groups, bias, workspace in elements of the dtype)
@@ -372,7 +375,7 @@ for name in ("float32", "float64"):
     a3, a4, aa3 = arr(dt, 3), arr(dt, 4), arr(dt, 3, "A")
     gemm_sig = (aa3, aa3, aa3, arr(dt, 1, "A")) + (i64,) * 10 + (dt, dt, b)
     cases = [(gemm._make_gemm(cfg, name, ta, tb, sa, sb, sc), gemm_sig, True)
-             for cfg in (gemm.LARGE, gemm.MEDIUM)
+             for cfg in (gemm.LARGE, gemm.MEDIUM, gemm.WIDE)
              for ta, tb, sa, sb, sc in ((False, False, False, False, False),
                                         (False, False, False, False, True),
                                         (True, False, False, True, True),
