@@ -22,13 +22,17 @@ from ._common import HELPER, KERNEL, readonly, valid_range
 
 
 @numba.njit(**HELPER)
-def _max_row(plane, i, best, idx, kh, kw, sh, sw, pt, pl, dh, dw):
-    """best[j], idx[j] = the winner of output (i, j)'s window and its flat index r*W + s."""
+def _max_row(plane, i, best, pos, idx, kh, kw, sh, sw, pt, pl, dh, dw):
+    """best[j], idx[j] = the winner of output (i, j)'s window and its flat index r*W + s.
+
+    The sweep keeps the winner's window position p*kw + q in `pos` (int32: the
+    loop vectorises with float32 values at full width) and converts it to the
+    int64 flat index once per output at the end."""
     height, width = plane.shape
     out_w = best.shape[0]
     for j in range(out_w):
         best[j] = -np.inf
-        idx[j] = -1
+        pos[j] = -1
     for p in range(kh):
         r = i * sh - pt + p * dh
         if r < 0 or r >= height:
@@ -37,29 +41,35 @@ def _max_row(plane, i, best, idx, kh, kw, sh, sw, pt, pl, dh, dw):
         for q in range(kw):
             off = q * dw - pl
             j0, j1 = valid_range(off, sw, width, out_w)
-            base = r * width + off
+            here = np.int32(p * kw + q)
             for j in range(j0, j1):
                 v = xrow[j * sw + off]
                 b = best[j]
-                ix = idx[j]
+                ps = pos[j]
                 # strictly greater keeps the first maximum; a NaN replaces a non-NaN
                 # and then stays; the first in-bounds element always enters.
                 # Unconditional stores of selects: the loop vectorises.
-                take = (v > b) | ((v != v) & (b == b)) | (ix < 0)
+                take = (v > b) | ((v != v) & (b == b)) | (ps < 0)
                 best[j] = v if take else b
-                idx[j] = base + j * sw if take else ix
+                pos[j] = here if take else ps
+    for j in range(out_w):
+        p = pos[j] // kw
+        q = pos[j] - p * kw
+        idx[j] = (i * sh - pt + p * dh) * width + j * sw - pl + q * dw
 
 
 @numba.njit(**KERNEL)
 def _max_forward(x, values, indices, kh, kw, sh, sw, pt, pl, dh, dw):
     n_img, c_in = x.shape[0], x.shape[1]
-    out_h = values.shape[2]
+    out_h, out_w = values.shape[2], values.shape[3]
     for t in prange(n_img * c_in):
         c = t % c_in
         n = t // c_in
         plane = x[n, c]
+        pos = np.empty(out_w, dtype=np.int32)
         for i in range(out_h):
-            _max_row(plane, i, values[n, c, i], indices[n, c, i], kh, kw, sh, sw, pt, pl, dh, dw)
+            _max_row(plane, i, values[n, c, i], pos, indices[n, c, i],
+                     kh, kw, sh, sw, pt, pl, dh, dw)
 
 
 @numba.njit(**KERNEL)
@@ -74,9 +84,10 @@ def _max_backward(go, x, gi, kh, kw, sh, sw, pt, pl, dh, dw):
         for s in range(height * width):
             flat[s] = 0
         best = np.empty(out_w, dtype=x.dtype)
+        pos = np.empty(out_w, dtype=np.int32)
         idx = np.empty(out_w, dtype=np.int64)
         for i in range(out_h):
-            _max_row(plane, i, best, idx, kh, kw, sh, sw, pt, pl, dh, dw)
+            _max_row(plane, i, best, pos, idx, kh, kw, sh, sw, pt, pl, dh, dw)
             grow = go[n, c, i]
             for j in range(out_w):
                 flat[idx[j]] += grow[j]
