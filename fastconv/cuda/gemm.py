@@ -374,5 +374,5 @@ def _add_axis(arr):
 
 gemm = matmul
 
-__all__ = ["GemmConfig", "LARGE", "MEDIUM", "WIDE", "SMALL", "TINY", "SIM", "choose_config", "launch",
-           "matmul", "gemm"]
+__all__ = ["GemmConfig", "LARGE", "MEDIUM", "WIDE", "SMALL", "TINY", "SIM", "choose_config",
+           "launch", "matmul", "gemm"]
