@@ -18,6 +18,10 @@ It runs on the GPU when `fastconv.cuda.interop.cuda_available()` says one is usa
 (not under the CUDA simulator) and CuPy is installed; otherwise on the CPU.
 
     python -m fastconv demo [--epochs 15] [--out ./fastconv-demo] [--seed 0] [--quick]
+
+BLAS (used by im2col and Linear) runs single-threaded during the demo
+(``--blas-threads``): its matrices are tiny, and multi-threaded OpenBLAS only
+contends with numba's kernel threads (7x slower on a busy 2-core machine).
 """
 from __future__ import annotations
 
@@ -70,6 +74,22 @@ def load_data(seed, test_size=0.2):
     x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
     y = digits.target.astype(np.int64)
     return train_test_split(x, y, test_size=test_size, stratify=y, random_state=seed)
+
+
+def blas_threads(n):
+    """A context limiting BLAS (NumPy's matmul, which im2col and Linear use) to `n` threads.
+
+    The demo's matrices are tiny (batch 32, at most 64 channels on 8x8 images): there,
+    OpenBLAS's worker threads only spin against numba's kernel threads, and on a busy
+    2-core machine that made training ~7x slower. numba's kernels keep all their threads."""
+    import contextlib
+    if not n:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n, user_api="blas")
 
 
 def _host(arr):
@@ -269,6 +289,8 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (cosine schedule)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="BLAS threads for the small matrix products (default 1; 0: BLAS's default)")
     p.add_argument("--quick", action="store_true",
                    help="a cut-down run for tests: 3 epochs (accuracy is lower)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars; one line per epoch")
@@ -279,6 +301,8 @@ def parse_args(argv):
         p.error(f"--epochs must be >= 1, got {args.epochs}")
     if args.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.blas_threads < 0:
+        p.error(f"--blas-threads must be >= 0, got {args.blas_threads}")
     if not args.lr > 0:
         p.error(f"--lr must be > 0, got {args.lr}")
     return args
@@ -338,8 +362,9 @@ def run(epochs=15, out=DEFAULT_OUT, seed=0, batch_size=32, lr=0.05, device="auto
 def main(argv=None) -> int:
     """CLI entry: ``fastconv.demo.main(["--epochs", "5", "--out", "dir"])``."""
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
-    run(epochs=args.epochs, out=args.out, seed=args.seed, batch_size=args.batch_size,
-        lr=args.lr, device=args.device, progress=not args.no_progress)
+    with blas_threads(args.blas_threads):
+        run(epochs=args.epochs, out=args.out, seed=args.seed, batch_size=args.batch_size,
+            lr=args.lr, device=args.device, progress=not args.no_progress)
     return 0
 
 
