@@ -1,0 +1,297 @@
+"""Winograd convolution F(m x m, 3 x 3) on the CPU (Lavin & Gray, 2015).
+
+Backend contract: docs/internals.md. For a 3x3 kernel, stride 1, dilation 1,
+each m x m output tile is computed from an alpha x alpha input tile
+(alpha = m + 2) as
+
+    Y = A^T [ (G g G^T)  (.)  (B^T d B) ] A
+
+and the elementwise product, summed over input channels, becomes alpha^2
+independent GEMMs:  M[e] (K x T) = U[e] (K x C) @ V[e] (C x T)  for every
+tile element e, over all T tiles at once. The steps:
+
+1. filter transform  U = (G (x) G) @ w      one BLAS call over all (k, c)
+2. input transform   V = B^T d B            numba, parallel over (channel, tile row)
+3. alpha^2 GEMMs     M = U @ V              np.matmul on (alpha^2, K, C) @ (alpha^2, C, T)
+4. output transform  Y = A^T M A (+ bias)   numba, parallel over (channel, tile row)
+
+The matrices A^T, G, B^T are data, built by `winograd_matrices` from the
+interpolation points (0, 1, -1, 2, -2, ... and infinity) by Toom-Cook; the
+kernels are generic in alpha. Tiles are processed in chunks of tile rows so that
+V and M stay within `config.workspace_bytes` (and near a cache-sized target).
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from functools import lru_cache
+
+import numba
+import numpy as np
+from numba import prange
+
+from ..config import config
+from . import direct
+from ._common import KERNEL, bias_or_zeros
+
+R = 3                               # kernel size Winograd serves
+DEFAULT_TILE = 4                    # F(4x4, 3x3)
+CHUNK_TARGET_BYTES = 16 * 2**20     # V + M of one chunk: about L3-sized
+
+
+# --------------------------------------------------------------------------
+# transform matrices, as data
+# --------------------------------------------------------------------------
+
+def _points(count):
+    """0, 1, -1, 2, -2, 1/2, -1/2, ...: small points keep the transforms accurate."""
+    candidates = [Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2),
+                  Fraction(1, 2), Fraction(-1, 2), Fraction(3), Fraction(-3)]
+    if count > len(candidates):
+        raise ValueError(f"no Winograd points for {count} finite points")
+    return candidates[:count]
+
+
+def _evaluation(points, n):
+    """(alpha x n): row j evaluates a polynomial with n coefficients at point j;
+    the last row, the point at infinity, picks its leading coefficient."""
+    rows = [[p ** i for i in range(n)] for p in points]
+    rows.append([Fraction(int(i == n - 1)) for i in range(n)])
+    return rows
+
+
+def _inverse(matrix):
+    """Exact inverse of a small square matrix of Fractions (Gauss-Jordan)."""
+    n = len(matrix)
+    work = [list(row) + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(matrix)]
+    for col in range(n):
+        pivot = next(r for r in range(col, n) if work[r][col] != 0)
+        work[col], work[pivot] = work[pivot], work[col]
+        scale = work[col][col]
+        work[col] = [v / scale for v in work[col]]
+        for r in range(n):
+            if r != col and work[r][col] != 0:
+                factor = work[r][col]
+                work[r] = [a - factor * b for a, b in zip(work[r], work[col])]
+    return [row[n:] for row in work]
+
+
+def _lcm(values):
+    result = 1
+    for v in values:
+        result = result * v // np.gcd(result, v)
+    return result
+
+
+@lru_cache(maxsize=None)
+def winograd_matrices(m, r=R):
+    """(A^T, G, B^T) of F(m, r) as float64 arrays of shapes (m, a), (a, r), (a, a),
+    a = m + r - 1: 1-D correlation y[i] = sum_k g[k] d[i + k] = A^T [(G g) * (B^T d)].
+
+    Toom-Cook: a linear convolution is c = C [(G g) * (H h)] with G, H the
+    evaluations at the points `_points(a - 1)` and infinity and C = inverse of the
+    a x a evaluation (the interpolation); correlation is its transpose,
+    A^T = H^T and B^T = C^T. Each row of B^T is scaled to integers (its
+    factor moved into G), so the input transform adds and multiplies exactly.
+    """
+    alpha = m + r - 1
+    points = _points(alpha - 1)
+    G = _evaluation(points, r)
+    AT = [list(col) for col in zip(*_evaluation(points, m))]
+    BT = [list(col) for col in zip(*_inverse(_evaluation(points, alpha)))]
+    for j, row in enumerate(BT):
+        scale = _lcm([v.denominator for v in row])
+        BT[j] = [v * scale for v in row]
+        G[j] = [v / scale for v in G[j]]
+    return tuple(np.array([[float(v) for v in row] for row in mat]) for mat in (AT, G, BT))
+
+
+# --------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------
+
+@numba.njit(**KERNEL)
+def _input_transform(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
+    """V[a*alpha + b, c, t] = (B^T d B)[a, b] for the input tile d of tile t of this
+    chunk (tile rows row0.. over the flattened (image, tile row) index)."""
+    alpha = BT.shape[0]
+    height, width = x.shape[2], x.shape[3]
+    channels = x.shape[1]
+    chunk_rows = V.shape[2] // tiles_w
+    for unit in prange(channels * chunk_rows):
+        c = unit // chunk_rows
+        local_row = unit % chunk_rows
+        row = row0 + local_row
+        n = row // tiles_h
+        y0 = (row % tiles_h) * m - pt
+        d = np.empty((alpha, alpha), dtype=x.dtype)
+        tmp = np.empty((alpha, alpha), dtype=x.dtype)
+        for tx in range(tiles_w):
+            x0 = tx * m - pl
+            for i in range(alpha):
+                y = y0 + i
+                for j in range(alpha):
+                    xx = x0 + j
+                    if 0 <= y < height and 0 <= xx < width:
+                        d[i, j] = x[n, c, y, xx]
+                    else:
+                        d[i, j] = 0
+            for a in range(alpha):            # tmp = B^T d
+                for j in range(alpha):
+                    acc = BT[a, 0] * d[0, j]
+                    for i in range(1, alpha):
+                        acc += BT[a, i] * d[i, j]
+                    tmp[a, j] = acc
+            t = local_row * tiles_w + tx
+            for a in range(alpha):            # V = tmp B
+                for b in range(alpha):
+                    acc = tmp[a, 0] * BT[b, 0]
+                    for j in range(1, alpha):
+                        acc += tmp[a, j] * BT[b, j]
+                    V[a * alpha + b, c, t] = acc
+
+
+@numba.njit(**KERNEL)
+def _output_transform(M, AT, bias, out, row0, tiles_h, tiles_w):
+    """out[n, k, tile] = (A^T M A) + bias[k], cropped at the bottom/right border."""
+    m, alpha = AT.shape
+    channels = M.shape[1]
+    chunk_rows = M.shape[2] // tiles_w
+    out_h, out_w = out.shape[2], out.shape[3]
+    for unit in prange(channels * chunk_rows):
+        k = unit // chunk_rows
+        local_row = unit % chunk_rows
+        row = row0 + local_row
+        n = row // tiles_h
+        y0 = (row % tiles_h) * m
+        tile = np.empty((alpha, alpha), dtype=M.dtype)
+        tmp = np.empty((m, alpha), dtype=M.dtype)
+        for tx in range(tiles_w):
+            t = local_row * tiles_w + tx
+            for a in range(alpha):
+                for b in range(alpha):
+                    tile[a, b] = M[a * alpha + b, k, t]
+            for i in range(m):                # tmp = A^T tile
+                for b in range(alpha):
+                    acc = AT[i, 0] * tile[0, b]
+                    for a in range(1, alpha):
+                        acc += AT[i, a] * tile[a, b]
+                    tmp[i, b] = acc
+            x0 = tx * m
+            for i in range(m):                # Y = tmp A
+                y = y0 + i
+                if y >= out_h:
+                    break
+                for j in range(m):
+                    xx = x0 + j
+                    if xx >= out_w:
+                        break
+                    acc = tmp[i, 0] * AT[j, 0]
+                    for b in range(1, alpha):
+                        acc += tmp[i, b] * AT[j, b]
+                    out[n, k, y, xx] = acc + bias[k]
+
+
+# --------------------------------------------------------------------------
+# wrappers
+# --------------------------------------------------------------------------
+
+def transform_filter(weight, tile=DEFAULT_TILE):
+    """U (alpha^2, K, C_per_group) = (G w G^T) for every filter: one BLAS call."""
+    _, G, _ = winograd_matrices(tile)
+    k, c = weight.shape[:2]
+    kron = np.kron(G, G)                                   # (alpha^2, 9)
+    flat = weight.reshape(k * c, R * R).astype(np.float64).T
+    return (kron @ flat).reshape(-1, k, c).astype(weight.dtype)
+
+
+def _chunk_rows(total_rows, tiles_w, alpha, c_in, c_out, itemsize):
+    """Tile rows per chunk: V and M within the workspace bound and near the target."""
+    row_bytes = alpha * alpha * tiles_w * (c_in + c_out) * itemsize
+    bound = min(config.workspace_bytes, max(CHUNK_TARGET_BYTES, row_bytes))
+    return min(total_rows, bound // row_bytes)
+
+
+def workspace_bytes_needed(x_shape, weight_shape, out_hw, tile=DEFAULT_TILE, itemsize=4):
+    """Scratch bytes `conv2d` uses for these shapes (V and M of one chunk)."""
+    alpha = tile + R - 1
+    tiles_h, tiles_w = -(-out_hw[0] // tile), -(-out_hw[1] // tile)
+    rows = _chunk_rows(x_shape[0] * tiles_h, tiles_w, alpha, x_shape[1], weight_shape[0],
+                       itemsize)
+    return rows * alpha * alpha * tiles_w * (x_shape[1] + weight_shape[0]) * itemsize
+
+
+def _multiply(U, V, M, groups):
+    """M[e] = U[e] @ V[e] for every tile element e, per group."""
+    c_per_group, k_per_group = U.shape[2], U.shape[1] // groups
+    if groups == 1:
+        np.matmul(U, V, out=M)
+    elif c_per_group == 1 and k_per_group == 1:     # depthwise: elementwise
+        np.multiply(U, V, out=M)
+    else:
+        for g in range(groups):
+            ks = slice(g * k_per_group, (g + 1) * k_per_group)
+            cs = slice(g * c_per_group, (g + 1) * c_per_group)
+            M[:, ks] = np.matmul(U[:, ks], V[:, cs])
+
+
+def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw, tile=DEFAULT_TILE,
+           transformed_filter=None):
+    """Forward convolution by Winograd F(tile x tile, 3x3). `transformed_filter`
+    (from `transform_filter`) skips step 1 when the caller keeps it."""
+    n, c_in = x.shape[:2]
+    c_out = weight.shape[0]
+    AT, _, BT = winograd_matrices(tile)
+    alpha = tile + R - 1
+    tiles_h, tiles_w = -(-out_hw[0] // tile), -(-out_hw[1] // tile)
+    total_rows = n * tiles_h
+    rows = _chunk_rows(total_rows, tiles_w, alpha, c_in, c_out, x.dtype.itemsize)
+    if rows == 0:   # not even one tile row fits the workspace bound
+        return direct.conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw)
+    U = transform_filter(weight, tile) if transformed_filter is None else transformed_filter
+    AT, BT = AT.astype(x.dtype), BT.astype(x.dtype)
+    bias = bias_or_zeros(bias, c_out, x.dtype)
+    out = np.empty((n, c_out) + tuple(out_hw), dtype=x.dtype)
+    V = np.empty((alpha * alpha, c_in, rows * tiles_w), dtype=x.dtype)
+    M = np.empty((alpha * alpha, c_out, rows * tiles_w), dtype=x.dtype)
+    for row0 in range(0, total_rows, rows):
+        count = min(rows, total_rows - row0)
+        v, mm = V[:, :, :count * tiles_w], M[:, :, :count * tiles_w]
+        _input_transform(x, BT, v, row0, tiles_h, tiles_w, tile, padding[0], padding[2])
+        _multiply(U, v, mm, groups)
+        _output_transform(mm, AT, bias, out, row0, tiles_h, tiles_w)
+    return out
+
+
+def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups,
+                      tile=DEFAULT_TILE):
+    """grad_input of a 3x3 stride-1 convolution: a 'full' convolution of grad_out
+    with the kernel rotated by 180 degrees and in/out channels swapped (per group).
+
+    Forward padding (top, bottom, left, right) becomes (2 - top, 2 - bottom, ...);
+    where that is negative, the grad_out rows/columns that only saw padding are
+    cropped instead.
+    """
+    n, c_in, height, width = input_shape
+    c_out = weight.shape[0]
+    k_per_group, c_per_group = c_out // groups, c_in // groups
+    rotated = (weight[:, :, ::-1, ::-1]
+               .reshape(groups, k_per_group, c_per_group, R, R)
+               .transpose(0, 2, 1, 3, 4)
+               .reshape(c_in, k_per_group, R, R))
+    rotated = np.ascontiguousarray(rotated)
+    new_padding = [R - 1 - p for p in padding]
+    crops = [max(0, -p) for p in new_padding]
+    new_padding = tuple(max(0, p) for p in new_padding)
+    out_h, out_w = grad_out.shape[2:]
+    grad_out = np.ascontiguousarray(
+        grad_out[:, :, crops[0]:out_h - crops[1], crops[2]:out_w - crops[3]])
+    return conv2d(grad_out, rotated, None, (1, 1), new_padding, (1, 1), groups,
+                  (height, width), tile)
+
+
+def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups):
+    """Winograd has no weight-gradient form here: im2col serves it (the API routes
+    `algorithm="winograd"` there too)."""
+    from . import im2col
+    return im2col.conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation,
+                                     groups)
