@@ -25,7 +25,7 @@ import numpy as np
 from numba import prange
 
 from ..config import config
-from ._common import KERNEL, bias_or_zeros, readonly, valid_range
+from ._common import HELPER, KERNEL, bias_or_zeros, readonly, valid_range
 
 # Groups with at least this many output channels (forward) or input channels
 # (grad_input) vectorise over those channels (`*_channels_inner`); fewer
@@ -91,13 +91,12 @@ def _forward(x, w, bias, out, sh, sw, pt, pl, dh, dw, groups):
 @numba.njit(**KERNEL)
 def _forward_channels_inner(x, wt, bias, out, sh, sw, pt, pl, dh, dw, groups):
     """Forward for groups with many output channels: wt is the weight laid out
-    (C_in/g, kH, kW, C_out), so the innermost loop runs over the group's output
+    (C_in/g, kH, kW, groups, C_out/g), so the innermost loop runs over the group's output
     channels (contiguous, long: vectorised). A thread owns one output row of one
     group and accumulates it as acc[j, k] before writing it out."""
     n_img, c_in, height, width = x.shape
-    cg, kh, kw, k_out = wt.shape
+    cg, kh, kw, kg = wt.shape[0], wt.shape[1], wt.shape[2], wt.shape[4]
     out_h, out_w = out.shape[2], out.shape[3]
-    kg = k_out // groups
     total = n_img * groups * out_h
     for t in prange(total):
         i = t % out_h
@@ -119,7 +118,7 @@ def _forward_channels_inner(x, wt, bias, out, sh, sw, pt, pl, dh, dw, groups):
                 j0, j1 = valid_range(off, sw, width, out_w)
                 for cc in range(cg):
                     xrow = x[n, g * cg + cc, r]
-                    wrow = wt[cc, p, q, k0:k0 + kg]
+                    wrow = wt[cc, p, q, g]
                     for j in range(j0, j1):
                         v = xrow[j * sw + off]
                         a = acc[j]
@@ -249,16 +248,42 @@ def _grad_weight(go, x, gw, sh, sw, pt, pl, dh, dw, groups):
                 gw[k, cc, p, q] = s
 
 
+@numba.njit(**HELPER)
+def _grad_weight_slice(got, x, gwt, n0, g, c_lo, c_hi, p, sh, sw, pt, pl, dh, dw, groups):
+    """gwt[c_lo:c_hi, p, :, g] += the images of got (one thread's work)."""
+    height, width = x.shape[2], x.shape[3]
+    cg, kw, kg = gwt.shape[0], gwt.shape[2], gwt.shape[4]
+    nb, out_h, out_w = got.shape[0], got.shape[1], got.shape[2]
+    for b in range(nb):
+        for i in range(out_h):
+            r = i * sh - pt + p * dh
+            if r < 0 or r >= height:
+                continue
+            grows = got[b, i]
+            for cc in range(c_lo, c_hi):
+                xrow = x[n0 + b, g * cg + cc, r]
+                for q in range(kw):
+                    off = q * dw - pl
+                    j0, j1 = valid_range(off, sw, width, out_w)
+                    acc = gwt[cc, p, q, g]
+                    for j in range(j0, j1):
+                        v = xrow[j * sw + off]
+                        gvec = grows[j, g]
+                        # a group is an axis of its own: slicing [k0:k0 + kg] here took
+                        # 5-10x longer to compile, and indexing [k0 + kk] does not vectorise
+                        for kk in range(kg):
+                            acc[kk] += v * gvec[kk]
+
+
 @numba.njit(**KERNEL)
 def _grad_weight_channels_inner(got, x, gwt, n0, sh, sw, pt, pl, dh, dw, groups):
-    """Adds images n0.. n0+len(got) to gwt[c, p, q, k] (the weight gradient laid out
-    (C_in/g, kH, kW, C_out)). got is grad_out laid out (N, out_h, out_w, C_out), so
+    """Adds images n0.. n0+len(got) to gwt[c, p, q, g, k] (the weight gradient laid out
+    (C_in/g, kH, kW, groups, C_out/g)). got is grad_out laid out
+    (N, out_h, out_w, groups, C_out/g), so
     the innermost loop runs over the group's output channels. One thread owns a
-    (group, block of 4 input channels, kernel row p) slice: race-free, fixed order."""
-    c_in, height, width = x.shape[1], x.shape[2], x.shape[3]
-    cg, kh, kw, k_out = gwt.shape
-    nb, out_h, out_w = got.shape[0], got.shape[1], got.shape[2]
-    kg = k_out // groups
+    (group, block of 4 input channels, kernel row p) slice: race-free, fixed order.
+    (The loop nest lives in a helper, which keeps numba's parallel passes quick.)"""
+    cg, kh = gwt.shape[0], gwt.shape[1]
     cblocks = (cg + 3) // 4
     total = groups * cblocks * kh
     for t in prange(total):
@@ -266,26 +291,8 @@ def _grad_weight_channels_inner(got, x, gwt, n0, sh, sw, pt, pl, dh, dw, groups)
         rest = t // kh
         cb = rest % cblocks
         g = rest // cblocks
-        k0 = g * kg
-        c_lo = cb * 4
-        c_hi = min(c_lo + 4, cg)
-        for b in range(nb):
-            for i in range(out_h):
-                r = i * sh - pt + p * dh
-                if r < 0 or r >= height:
-                    continue
-                grows = got[b, i]
-                for cc in range(c_lo, c_hi):
-                    xrow = x[n0 + b, g * cg + cc, r]
-                    for q in range(kw):
-                        off = q * dw - pl
-                        j0, j1 = valid_range(off, sw, width, out_w)
-                        acc = gwt[cc, p, q, k0:k0 + kg]
-                        for j in range(j0, j1):
-                            v = xrow[j * sw + off]
-                            gvec = grows[j, k0:k0 + kg]
-                            for kk in range(kg):
-                                acc[kk] += v * gvec[kk]
+        _grad_weight_slice(got, x, gwt, n0, g, cb * 4, min(cb * 4 + 4, cg), p,
+                           sh, sw, pt, pl, dh, dw, groups)
 
 
 def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
@@ -295,7 +302,9 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
     top, _, left, _ = padding
     b = bias_or_zeros(bias, weight.shape[0], x.dtype)
     if weight.shape[0] // groups >= CHANNELS_INNER_MIN:
-        wt = readonly(np.ascontiguousarray(weight.transpose(1, 2, 3, 0)))
+        k_out, cg, kh, kw = weight.shape
+        wt = np.ascontiguousarray(weight.transpose(1, 2, 3, 0))
+        wt = readonly(wt.reshape(cg, kh, kw, groups, k_out // groups))
         _forward_channels_inner(readonly(x), wt, b, out, stride[0], stride[1], top, left,
                                 dilation[0], dilation[1], groups)
     else:
@@ -327,13 +336,15 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
     if k_out // groups >= CHANNELS_INNER_MIN and per_image <= bound:
         # channels-last grad_out in chunks of images within the workspace bound
         nb = min(n, bound // per_image)
-        gwt = np.zeros((weight_shape[1], weight_shape[2], weight_shape[3], k_out), x.dtype)
+        cg, kh, kw = weight_shape[1:]
+        gwt = np.zeros((cg, kh, kw, groups, k_out // groups), x.dtype)
         xr = readonly(x)
         for n0 in range(0, n, nb):
-            got = readonly(np.ascontiguousarray(grad_out[n0:n0 + nb].transpose(0, 2, 3, 1)))
+            got = np.ascontiguousarray(grad_out[n0:n0 + nb].transpose(0, 2, 3, 1))
+            got = readonly(got.reshape(got.shape[:3] + (groups, k_out // groups)))
             _grad_weight_channels_inner(got, xr, gwt, n0, stride[0], stride[1], top, left,
                                         dilation[0], dilation[1], groups)
-        return np.ascontiguousarray(gwt.transpose(3, 0, 1, 2))
+        return np.ascontiguousarray(gwt.reshape(cg, kh, kw, k_out).transpose(3, 0, 1, 2))
     gw = np.empty(tuple(weight_shape), dtype=x.dtype)
     _grad_weight(readonly(grad_out), readonly(x), gw, stride[0], stride[1], top, left,
                  dilation[0], dilation[1], groups)
