@@ -112,47 +112,56 @@ def winograd_matrices(m, r=R):
 @numba.njit(**KERNEL)
 def _input_transform(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
     """V[a*alpha + b, c, t] = (B^T d B)[a, b] for the input tile d of tile t of this
-    chunk (tile rows row0.. over the flattened (image, tile row) index)."""
+    chunk (tile rows row0.. over the flattened (image, tile row) index).
+
+    Per (channel, tile row): first the column transform of the alpha input rows
+    at once (a vector loop along the row), then the row transform of every tile
+    (a vector loop over the tiles), so both inner loops run over contiguous data.
+    """
     alpha = BT.shape[0]
     height, width = x.shape[2], x.shape[3]
     channels = x.shape[1]
     chunk_rows = V.shape[2] // tiles_w
+    span = tiles_w * m + alpha - m            # padded input columns the row of tiles reads
     for unit in prange(channels * chunk_rows):
         c = unit // chunk_rows
         local_row = unit % chunk_rows
         row = row0 + local_row
         n = row // tiles_h
         y0 = (row % tiles_h) * m - pt
-        d = np.empty((alpha, alpha), dtype=x.dtype)
-        tmp = np.empty((alpha, alpha), dtype=x.dtype)
-        for tx in range(tiles_w):
-            x0 = tx * m - pl
-            for i in range(alpha):
-                y = y0 + i
-                for j in range(alpha):
-                    xx = x0 + j
-                    if 0 <= y < height and 0 <= xx < width:
-                        d[i, j] = x[n, c, y, xx]
-                    else:
-                        d[i, j] = 0
-            for a in range(alpha):            # tmp = B^T d
-                for j in range(alpha):
-                    acc = BT[a, 0] * d[0, j]
-                    for i in range(1, alpha):
-                        acc += BT[a, i] * d[i, j]
-                    tmp[a, j] = acc
-            t = local_row * tiles_w + tx
-            for a in range(alpha):            # V = tmp B
-                for b in range(alpha):
-                    acc = tmp[a, 0] * BT[b, 0]
-                    for j in range(1, alpha):
-                        acc += tmp[a, j] * BT[b, j]
-                    V[a * alpha + b, c, t] = acc
+        rows = np.zeros((alpha, span), dtype=x.dtype)
+        lo, hi = max(0, pl) , min(span, width + pl)   # columns inside the input
+        for i in range(alpha):
+            y = y0 + i
+            if 0 <= y < height:
+                for j in range(lo, hi):
+                    rows[i, j] = x[n, c, y, j - pl]
+        cols = np.empty((alpha, span), dtype=x.dtype)   # cols = B^T rows
+        for a in range(alpha):
+            for j in range(span):
+                cols[a, j] = BT[a, 0] * rows[0, j]
+            for i in range(1, alpha):
+                coef = BT[a, i]
+                if coef != 0:
+                    for j in range(span):
+                        cols[a, j] += coef * rows[i, j]
+        t0 = local_row * tiles_w
+        for a in range(alpha):                           # V = cols B, per tile
+            for b in range(alpha):
+                out = V[a * alpha + b, c, t0:t0 + tiles_w]
+                for tx in range(tiles_w):
+                    out[tx] = BT[b, 0] * cols[a, tx * m]
+                for j in range(1, alpha):
+                    coef = BT[b, j]
+                    if coef != 0:
+                        for tx in range(tiles_w):
+                            out[tx] += coef * cols[a, tx * m + j]
 
 
 @numba.njit(**KERNEL)
 def _output_transform(M, AT, bias, out, row0, tiles_h, tiles_w):
-    """out[n, k, tile] = (A^T M A) + bias[k], cropped at the bottom/right border."""
+    """out[n, k, tile] = (A^T M A) + bias[k], cropped at the bottom/right border;
+    like the input transform, both steps are vector loops over the row's tiles."""
     m, alpha = AT.shape
     channels = M.shape[1]
     chunk_rows = M.shape[2] // tiles_w
@@ -163,32 +172,38 @@ def _output_transform(M, AT, bias, out, row0, tiles_h, tiles_w):
         row = row0 + local_row
         n = row // tiles_h
         y0 = (row % tiles_h) * m
-        tile = np.empty((alpha, alpha), dtype=M.dtype)
-        tmp = np.empty((m, alpha), dtype=M.dtype)
-        for tx in range(tiles_w):
-            t = local_row * tiles_w + tx
-            for a in range(alpha):
-                for b in range(alpha):
-                    tile[a, b] = M[a * alpha + b, k, t]
-            for i in range(m):                # tmp = A^T tile
-                for b in range(alpha):
-                    acc = AT[i, 0] * tile[0, b]
-                    for a in range(1, alpha):
-                        acc += AT[i, a] * tile[a, b]
-                    tmp[i, b] = acc
-            x0 = tx * m
-            for i in range(m):                # Y = tmp A
-                y = y0 + i
-                if y >= out_h:
-                    break
-                for j in range(m):
-                    xx = x0 + j
-                    if xx >= out_w:
-                        break
-                    acc = tmp[i, 0] * AT[j, 0]
-                    for b in range(1, alpha):
-                        acc += tmp[i, b] * AT[j, b]
-                    out[n, k, y, xx] = acc + bias[k]
+        t0 = local_row * tiles_w
+        tmp = np.empty((m, alpha, tiles_w), dtype=M.dtype)    # tmp = A^T M, per tile
+        for i in range(m):
+            for b in range(alpha):
+                src = M[b, k, t0:t0 + tiles_w]
+                for tx in range(tiles_w):
+                    tmp[i, b, tx] = AT[i, 0] * src[tx]
+                for a in range(1, alpha):
+                    coef = AT[i, a]
+                    if coef != 0:
+                        src = M[a * alpha + b, k, t0:t0 + tiles_w]
+                        for tx in range(tiles_w):
+                            tmp[i, b, tx] += coef * src[tx]
+        full_w = min(tiles_w, out_w // m)     # tiles wholly inside the output
+        for i in range(m):                     # Y = tmp A
+            y = y0 + i
+            if y >= out_h:
+                break
+            dst = out[n, k, y]
+            for j in range(m):
+                for tx in range(full_w):
+                    acc = bias[k]
+                    for b in range(alpha):
+                        acc += AT[j, b] * tmp[i, b, tx]
+                    dst[tx * m + j] = acc
+                for tx in range(full_w, tiles_w):
+                    xx = tx * m + j
+                    if xx < out_w:
+                        acc = bias[k]
+                        for b in range(alpha):
+                            acc += AT[j, b] * tmp[i, b, tx]
+                        dst[xx] = acc
 
 
 # --------------------------------------------------------------------------
