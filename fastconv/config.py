@@ -65,11 +65,6 @@ def choose_algorithm(device, x_shape, w_shape, stride, dilation, groups,
     The measured rule lives in `fastconv.autotune` (docs/performance.md has the
     table behind it); this wrapper keeps Winograd off shapes it cannot do.
     """
-    try:
-        from . import autotune
-    except ImportError:  # TEMPORARY until autotune lands
-        if groups == x_shape[1] and groups > 1:
-            return "direct", "depthwise"
-        return "im2col", "default"
+    from . import autotune
     return autotune.choose(device, tuple(x_shape), tuple(w_shape), tuple(stride),
                            tuple(dilation), groups, operation)
