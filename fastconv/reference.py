@@ -140,7 +140,8 @@ def max_pool2d(x, kernel_size, stride, padding=(0, 0, 0, 0), dilation=(1, 1),
         (padding is -inf), indices[n, c, i, j] = r * W + s of the winner.
 
     A NaN wins (the first NaN in row-major window order); among equal maxima
-    the first in row-major window order wins.
+    the first in row-major window order wins. A window wholly in the padding
+    (possible with dilation) gives -inf and index -1.
     """
     n, c, h, w = x.shape
     out_hw = output_size((h, w), kernel_size, stride, padding, dilation, ceil_mode)
@@ -176,7 +177,8 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride, padding=(0, 0, 0, 0),
     flat = indices.reshape(n, c, -1)
     for a in range(n):
         for b in range(c):
-            np.add.at(grad_x[a, b], flat[a, b], go[a, b])
+            won = flat[a, b] >= 0  # a window wholly in the padding has no winner (-1)
+            np.add.at(grad_x[a, b], flat[a, b][won], go[a, b][won])
     return grad_x.reshape(n, c, h, w)
 
 

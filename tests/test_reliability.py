@@ -231,3 +231,17 @@ def test_missing_unusable_and_corrupt_cache_still_work(tmp_path):
     total, warned = _run_with_cache(cache)
     assert total == expected and warned >= 1
     assert _run_with_cache(cache) == (expected, 0)           # repaired for next time
+
+
+def test_max_pool_window_wholly_in_padding_has_no_winner():
+    """Found by the fuzzer: with dilation a window can hold only padding. Its value
+    is -inf (as PyTorch) and its index -1 (PyTorch reports a position outside the
+    window); backward sends its gradient nowhere instead of out of bounds."""
+    x = np.array([[[[3.0]]]], np.float32)
+    values, indices = fc.max_pool2d(x, (1, 2), padding=(0, 1), dilation=(1, 2),
+                                    return_indices=True)
+    assert values.shape == (1, 1, 1, 1)
+    assert np.isneginf(values[0, 0, 0, 0]) and indices[0, 0, 0, 0] == -1
+    grad = fc.max_pool2d_backward(np.array([[[[5.0]]]], np.float32), x, (1, 2),
+                                  padding=(0, 1), dilation=(1, 2))
+    np.testing.assert_array_equal(grad, [[[[0.0]]]])

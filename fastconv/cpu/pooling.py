@@ -53,6 +53,12 @@ def _max_row(plane, i, best, pos, idx, kh, kw, sh, sw, pt, pl, dh, dw):
                 best[j] = v if take else b
                 pos[j] = here if take else ps
     for j in range(out_w):
+        if pos[j] < 0:
+            # A window wholly in the padding (possible with dilation): -inf and
+            # no winner, index -1 (PyTorch reports a position outside the window);
+            # backward sends its gradient nowhere.
+            idx[j] = -1
+            continue
         p = pos[j] // kw
         q = pos[j] - p * kw
         idx[j] = (i * sh - pt + p * dh) * width + j * sw - pl + q * dw
@@ -90,7 +96,8 @@ def _max_backward(go, x, gi, kh, kw, sh, sw, pt, pl, dh, dw):
             _max_row(plane, i, best, pos, idx, kh, kw, sh, sw, pt, pl, dh, dw)
             grow = go[n, c, i]
             for j in range(out_w):
-                flat[idx[j]] += grow[j]
+                if idx[j] >= 0:
+                    flat[idx[j]] += grow[j]
 
 
 @numba.njit(**HELPER)
