@@ -1,0 +1,107 @@
+"""Winograd F(2x2,3x3) and F(4x4,3x3) on the CPU against the references and
+against the other algorithms."""
+import numpy as np
+import pytest
+
+import fastconv as fc
+from fastconv import reference
+from fastconv.cpu import winograd
+from fastconv.shapes import conv_geometry
+
+from .conftest import assert_close
+
+TILES = [2, 4]
+CASES = [  # (x shape, K, padding, groups): partial border tiles, asymmetric padding, groups
+    ((1, 1, 3, 3), 1, 0, 1),
+    ((2, 3, 11, 10), 4, 1, 1),
+    ((3, 5, 7, 9), 3, ((0, 2), (1, 0)), 1),
+    ((1, 4, 9, 12), 6, ((3, 0), (0, 4)), 2),     # padding beyond the kernel: crops in grad
+    ((2, 6, 8, 8), 6, "same", 6),                 # depthwise
+    ((1, 6, 13, 6), 9, "valid", 3),
+]
+
+
+def _case(rng, x_shape, k, padding, groups, dtype):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal((k, x_shape[1] // groups, 3, 3)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    s, p, d, out_hw = conv_geometry(x_shape[2:], (3, 3), 1, padding, 1)
+    go = rng.standard_normal((x_shape[0], k) + out_hw).astype(dtype)
+    return x, w, b, p, out_hw, go
+
+
+@pytest.mark.parametrize("tile", TILES)
+def test_matrices_compute_a_1d_correlation(tile):
+    AT, G, BT = winograd.winograd_matrices(tile)
+    assert AT.shape == (tile, tile + 2) and G.shape == (tile + 2, 3) and BT.shape == (tile + 2,) * 2
+    rng = np.random.default_rng(0)
+    g, d = rng.standard_normal(3), rng.standard_normal(tile + 2)
+    expected = [g @ d[i:i + 3] for i in range(tile)]
+    np.testing.assert_allclose(AT @ ((G @ g) * (BT @ d)), expected, rtol=1e-13, atol=1e-13)
+    # B^T is integral: the input transform is exact in any float type.
+    np.testing.assert_array_equal(BT, np.round(BT))
+
+
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape, k, padding, groups", CASES)
+def test_forward_and_grad_input_match_reference(x_shape, k, padding, groups, dtype, tile, rng):
+    x, w, b, p, out_hw, go = _case(rng, x_shape, k, padding, groups, dtype)
+    out = winograd.conv2d(x, w, b, (1, 1), p, (1, 1), groups, out_hw, tile=tile)
+    assert out.dtype == dtype
+    assert_close(out, reference.conv2d(x, w, b, (1, 1), p, (1, 1), groups), dtype, 1e-3)
+    grad = winograd.conv2d_grad_input(go, w, x.shape, (1, 1), p, (1, 1), groups, tile=tile)
+    assert_close(grad, reference.conv2d_grad_input(go, w, x.shape, (1, 1), p, (1, 1), groups),
+                 dtype, 1e-3)
+
+
+@pytest.mark.parametrize("x_shape, k, padding, groups", CASES)
+def test_public_api_agrees_with_direct(x_shape, k, padding, groups, rng):
+    x, w, b, p, out_hw, go = _case(rng, x_shape, k, padding, groups, np.float64)
+    kw = dict(padding=padding, groups=groups)
+    np.testing.assert_allclose(fc.conv2d(x, w, b, algorithm="winograd", **kw),
+                               fc.conv2d(x, w, b, algorithm="direct", **kw), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        fc.conv2d_grad_input(go, w, x.shape, algorithm="winograd", **kw),
+        fc.conv2d_grad_input(go, w, x.shape, algorithm="direct", **kw), rtol=1e-10, atol=1e-10)
+    # The weight gradient has no Winograd form: im2col serves it.
+    np.testing.assert_allclose(
+        fc.conv2d_grad_weight(go, x, w.shape, algorithm="winograd", **kw),
+        reference.conv2d_grad_weight(go, x, w.shape, (1, 1), p, (1, 1), groups), rtol=1e-10,
+        atol=1e-10)
+
+
+def test_small_workspace_runs_in_chunks_with_the_same_result(rng):
+    x, w, b, p, out_hw, _ = _case(rng, (3, 8, 20, 20), 8, 1, 1, np.float32)
+    expected = winograd.conv2d(x, w, b, (1, 1), p, (1, 1), 1, out_hw)
+    original = fc.config.workspace_bytes
+    try:
+        one_row = 36 * 5 * (8 + 8) * 4            # V + M of one row of 5 tiles
+        fc.config.workspace_bytes = 3 * one_row    # three tile rows per chunk
+        needed = winograd.workspace_bytes_needed(x.shape, w.shape, out_hw)
+        assert needed <= fc.config.workspace_bytes
+        np.testing.assert_array_equal(winograd.conv2d(x, w, b, (1, 1), p, (1, 1), 1, out_hw),
+                                      expected)
+        fc.config.workspace_bytes = 1024           # not even one row: direct takes over
+        assert_close(winograd.conv2d(x, w, b, (1, 1), p, (1, 1), 1, out_hw),
+                     reference.conv2d(x, w, b, (1, 1), p), np.float32)
+    finally:
+        fc.config.workspace_bytes = original
+
+
+@pytest.mark.parametrize("tile, bound", [(2, 1e-5), (4, 1e-4)])
+def test_float32_error_on_a_vgg_sized_layer(tile, bound, rng):
+    """Documented in performance.md: F(2x2) ~1e-6, F(4x4) ~1e-5 of the output's scale."""
+    x = rng.standard_normal((1, 64, 28, 28)).astype(np.float32)
+    w = (rng.standard_normal((64, 64, 3, 3)) * np.sqrt(2 / (9 * 64))).astype(np.float32)
+    out = winograd.conv2d(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, (28, 28), tile=tile)
+    expected = reference.conv2d(x, w, None, (1, 1), (1, 1, 1, 1))
+    assert np.abs(out - expected).max() / np.abs(expected).max() < bound
+
+
+def test_winograd_refuses_what_it_cannot_do():
+    x = np.ones((1, 2, 8, 8), np.float32)
+    for w_shape, kw, word in [((2, 2, 5, 5), {}, "3x3"), ((2, 2, 3, 3), {"stride": 2}, "stride"),
+                              ((2, 2, 3, 3), {"dilation": 2}, "dilation")]:
+        with pytest.raises(ValueError, match=word):
+            fc.conv2d(x, np.ones(w_shape, np.float32), algorithm="winograd", **kw)
