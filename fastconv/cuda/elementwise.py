@@ -5,27 +5,31 @@ Inputs are contiguous numba device arrays (the API converts them).
 """
 from __future__ import annotations
 
-import math
-
 from numba import cuda
 
-_THREADS = 256
+from ._kernels import empty, launch_1d, stream_or_default, zeros
+
+_REDUCE_THREADS = 256
 
 
 @cuda.jit(cache=True)
 def _relu_kernel(x, out):
     i = cuda.grid(1)
-    if i < x.size:
+    step = cuda.gridsize(1)
+    while i < x.size:
         v = x[i]
         # v > 0 is False for NaN: keep NaN as it is (torch.relu propagates it).
         out[i] = v if (v > 0 or v != v) else 0
+        i += step
 
 
 @cuda.jit(cache=True)
 def _relu_backward_kernel(grad_out, x, grad_x):
     i = cuda.grid(1)
-    if i < x.size:
+    step = cuda.gridsize(1)
+    while i < x.size:
         grad_x[i] = grad_out[i] if x[i] > 0 else 0
+        i += step
 
 
 @cuda.jit(cache=True)
@@ -33,15 +37,15 @@ def _channel_sum_kernel(grad_out, out):
     # One block per channel; threads stride over (n, pixel) and reduce in
     # shared memory in a fixed order, so the result is deterministic.
     c = cuda.blockIdx.x
-    n, channels, plane = grad_out.shape
-    partial = cuda.shared.array(_THREADS, dtype=out.dtype)
+    n, _, plane = grad_out.shape
+    partial = cuda.shared.array(_REDUCE_THREADS, dtype=out.dtype)
     tid = cuda.threadIdx.x
     acc = 0.0
-    for flat in range(tid, n * plane, _THREADS):
+    for flat in range(tid, n * plane, _REDUCE_THREADS):
         acc += grad_out[flat // plane, c, flat % plane]
     partial[tid] = acc
     cuda.syncthreads()
-    step = _THREADS // 2
+    step = _REDUCE_THREADS // 2
     while step > 0:
         if tid < step:
             partial[tid] += partial[tid + step]
@@ -51,33 +55,29 @@ def _channel_sum_kernel(grad_out, out):
         out[c] = partial[0]
 
 
-def _blocks(size):
-    return max(1, math.ceil(size / _THREADS))
-
-
-def relu(x, stream=None):
-    out = cuda.device_array(x.shape, x.dtype, stream=stream or 0)
-    flat_x, flat_out = x.reshape(x.size), out.reshape(x.size)
-    if x.size:
-        _relu_kernel[_blocks(x.size), _THREADS, stream or 0](flat_x, flat_out)
+def _elementwise(kernel, out, *arrays, stream=None):
+    if out.size:
+        blocks, threads = launch_1d(out.size)
+        flat = [a.reshape(a.size) for a in arrays + (out,)]
+        kernel[blocks, threads, stream_or_default(stream)](*flat)
     return out
 
 
+def relu(x, stream=None):
+    return _elementwise(_relu_kernel, empty(x.shape, x.dtype, stream), x, stream=stream)
+
+
 def relu_backward(grad_out, x, stream=None):
-    grad_x = cuda.device_array(x.shape, x.dtype, stream=stream or 0)
-    if x.size:
-        _relu_backward_kernel[_blocks(x.size), _THREADS, stream or 0](
-            grad_out.reshape(x.size), x.reshape(x.size), grad_x.reshape(x.size))
-    return grad_x
+    return _elementwise(_relu_backward_kernel, empty(x.shape, x.dtype, stream), grad_out, x,
+                        stream=stream)
 
 
 def channel_sum(grad_out, stream=None):
     """grad_out (N, C, H, W) -> (C,): the sum over batch and pixels per channel."""
     n, channels, h, w = grad_out.shape
-    out = cuda.device_array(channels, grad_out.dtype, stream=stream or 0)
     if n * h * w == 0:
-        out[:] = 0
-        return out
-    _channel_sum_kernel[channels, _THREADS, stream or 0](
+        return zeros((channels,), grad_out.dtype, stream)
+    out = empty((channels,), grad_out.dtype, stream)
+    _channel_sum_kernel[channels, _REDUCE_THREADS, stream_or_default(stream)](
         grad_out.reshape(n, channels, h * w), out)
     return out
