@@ -1,4 +1,10 @@
-"""Small helpers shared by the CPU kernels (no kernels compile here at import)."""
+"""Small helpers shared by the CPU kernels (no kernels compile here at import).
+
+Caution when editing `valid_range`: numba's on-disk cache of a kernel is keyed
+on the kernel's own source file, not on the helpers it calls, so after changing
+a helper here, clear the caches (`fastconv.jitcache.reset_kernel_caches()` or
+delete `fastconv/cpu/__pycache__/*.nb[ic]`) or the kernels keep the old code.
+"""
 from __future__ import annotations
 
 import numba
