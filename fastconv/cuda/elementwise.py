@@ -5,9 +5,11 @@ Inputs are contiguous numba device arrays (the API converts them).
 """
 from __future__ import annotations
 
+import numba
+import numpy as np
 from numba import cuda
 
-from ._kernels import empty, launch_1d, stream_or_default, zeros
+from ._kernels import empty, kernel_factory, launch_1d, stream_or_default, zeros
 
 _REDUCE_THREADS = 256
 
@@ -32,27 +34,32 @@ def _relu_backward_kernel(grad_out, x, grad_x):
         i += step
 
 
-@cuda.jit(cache=True)
-def _channel_sum_kernel(grad_out, out):
-    # One block per channel; threads stride over (n, pixel) and reduce in
-    # shared memory in a fixed order, so the result is deterministic.
-    c = cuda.blockIdx.x
-    n, _, plane = grad_out.shape
-    partial = cuda.shared.array(_REDUCE_THREADS, dtype=out.dtype)
-    tid = cuda.threadIdx.x
-    acc = 0.0
-    for flat in range(tid, n * plane, _REDUCE_THREADS):
-        acc += grad_out[flat // plane, c, flat % plane]
-    partial[tid] = acc
-    cuda.syncthreads()
-    step = _REDUCE_THREADS // 2
-    while step > 0:
-        if tid < step:
-            partial[tid] += partial[tid + step]
+@kernel_factory
+def _make_channel_sum(dtype_name):
+    accumulator = getattr(numba, dtype_name)   # float32 sums stay float32 on the GPU
+
+    @cuda.jit
+    def channel_sum(grad_out, out):
+        # One block per channel; threads stride over (n, pixel) and reduce in
+        # shared memory in a fixed order, so the result is deterministic.
+        c = cuda.blockIdx.x
+        n, _, plane = grad_out.shape
+        partial = cuda.shared.array(_REDUCE_THREADS, dtype=accumulator)
+        tid = cuda.threadIdx.x
+        acc = accumulator(0)
+        for flat in range(tid, n * plane, _REDUCE_THREADS):
+            acc += grad_out[flat // plane, c, flat % plane]
+        partial[tid] = acc
         cuda.syncthreads()
-        step //= 2
-    if tid == 0:
-        out[c] = partial[0]
+        step = _REDUCE_THREADS // 2
+        while step > 0:
+            if tid < step:
+                partial[tid] += partial[tid + step]
+            cuda.syncthreads()
+            step //= 2
+        if tid == 0:
+            out[c] = partial[0]
+    return channel_sum
 
 
 def _elementwise(kernel, out, *arrays, stream=None):
@@ -78,6 +85,7 @@ def channel_sum(grad_out, stream=None):
     if n * h * w == 0:
         return zeros((channels,), grad_out.dtype, stream)
     out = empty((channels,), grad_out.dtype, stream)
-    _channel_sum_kernel[channels, _REDUCE_THREADS, stream_or_default(stream)](
+    kernel = _make_channel_sum(np.dtype(grad_out.dtype).name)
+    kernel[channels, _REDUCE_THREADS, stream_or_default(stream)](
         grad_out.reshape(n, channels, h * w), out)
     return out

@@ -11,7 +11,7 @@ import pytest
 
 import fastconv as fc
 from fastconv import reference, shapes
-from fastconv.cuda import _kernels, direct, pooling
+from fastconv.cuda import _kernels, direct, elementwise, pooling
 
 from .conftest import assert_close
 
@@ -307,7 +307,7 @@ _LOWER = r'''
 import numba.cuda.dispatcher as dispatcher
 from numba import types
 from numba.cuda.compiler import compile_cuda
-from fastconv.cuda import _kernels, direct, pooling
+from fastconv.cuda import _kernels, direct, elementwise, pooling
 
 
 class _Device:                      # device functions ask for the current device's cc
@@ -337,7 +337,10 @@ for name in ("float32", "float64"):
               (pooling._make_max_backward(name), (a3, idx, a3) + (i64,) * 8),
               (pooling._make_avg_forward(name), (a3, a3) + (i64,) * 8 + (b, i64)),
               (pooling._make_avg_backward(name), (a3, a3) + (i64,) * 8 + (b, i64)),
-              (_kernels._make_fill(name), (arr(dt, 1), dt))]
+              (_kernels._make_fill(name), (arr(dt, 1), dt)),
+              (elementwise._relu_kernel, (arr(dt, 1), arr(dt, 1))),
+              (elementwise._relu_backward_kernel, (arr(dt, 1),) * 3),
+              (elementwise._make_channel_sum(name), (a3, arr(dt, 1)))]
     for kernel, sig in cases:
         ir = compile_cuda(kernel.py_func, types.void, sig, cc=(8, 0)).library.get_llvm_str()
         if name == "float32":
