@@ -88,9 +88,10 @@ def test_the_grid_covers_every_value():
     assert any(c["padding"] == "same" and c["w_shape"][2] % 2 == 0 for c in CASES)
 
 
-# The direct forward has two loop orders: over output columns (depthwise and small
-# groups) and over output channels (groups with >= direct.CHANNELS_INNER_MIN of
-# them). The small grid forces the second with "direct-channels-inner".
+# The direct kernels have two loop orders: over output columns (depthwise and small
+# groups) and over channels (groups with >= direct.CHANNELS_INNER_MIN of them).
+# The small grid forces the second with "direct-channels-inner" (here and in
+# test_gradients.py).
 VARIANTS = ["direct", "direct-channels-inner", "im2col"]
 
 
