@@ -25,10 +25,13 @@ the layer's parameters into ``Parameter.grad`` (as PyTorch accumulates into
 
 Convolution, pooling and ReLU call the public functions (`fastconv.conv2d`,
 `conv2d_grad_input`, `conv2d_grad_weight`, `conv2d_grad_bias`, `max_pool2d`, ...),
-so a layer runs wherever its input lives: NumPy arrays on the CPU kernels, CuPy
+so a layer runs wherever its input lives: NumPy arrays on the CPU kernels, CUDA
 arrays on the CUDA kernels. For the GPU the parameters must live there too:
-``model.to("cuda")`` moves them (this needs CuPy, because `Linear`, `Dropout`,
-the loss and `SGD` do plain array arithmetic); ``model.to("cpu")`` brings them back.
+``model.to("cuda")`` moves them as CuPy arrays (CuPy is needed for whole models,
+because `Linear`, `Dropout`, the loss and `SGD` do plain array arithmetic);
+``model.to("cpu")`` brings them back. `Conv2d`, the poolings, `ReLU` and `Flatten`
+take any CUDA array (Numba device arrays, CUDA torch tensors) when their parameters
+are on the device too (``p.data = numba.cuda.to_device(p.data)``).
 
 Shapes are NCHW, as in the rest of fastconv. Parameters are float32 unless the
 layer is built with ``dtype=np.float64`` (or moved with ``model.to(dtype=np.float64)``,
@@ -91,15 +94,26 @@ def _array_module(arr):
         import cupy
         return cupy
     raise TypeError(
-        f"fastconv.nn layers take NumPy arrays (CPU) or CuPy arrays (GPU), got "
-        f"{type(arr).__name__}; convert with numpy.asarray / cupy.asarray first")
+        f"this layer does array arithmetic and takes NumPy arrays (CPU) or CuPy arrays (GPU), "
+        f"got {type(arr).__name__}; convert with numpy.asarray / cupy.asarray first "
+        "(Conv2d, the poolings, ReLU and Flatten take any CUDA array)")
+
+
+def _is_device_array(x) -> bool:
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    if type(x).__module__.startswith("numba"):  # simulator device arrays have no interface
+        from .cuda import interop
+        return interop.is_device_array(x)
+    return False
 
 
 def _as_array(x, name="x"):
-    if isinstance(x, np.ndarray) or type(x).__module__.split(".")[0] == "cupy":
+    """x itself for NumPy, CuPy and other CUDA arrays (those go to the CUDA kernels);
+    other array-likes through numpy.asarray."""
+    if isinstance(x, np.ndarray) or type(x).__module__.split(".")[0] == "cupy" \
+            or _is_device_array(x):
         return x
-    if hasattr(x, "__cuda_array_interface__"):
-        _array_module(x)  # raises the TypeError that explains what is accepted
     try:
         return np.asarray(x)
     except Exception as exc:
@@ -202,7 +216,9 @@ class Parameter:
     def accumulate(self, grad):
         """grad += g (allocating on first use)."""
         if self.grad is None:
-            self.grad = grad.astype(self.data.dtype, copy=True)
+            if isinstance(grad, np.ndarray) or type(grad).__module__.split(".")[0] == "cupy":
+                grad = grad.astype(self.data.dtype, copy=True)
+            self.grad = grad  # other CUDA arrays: the API's result is a fresh array
         else:
             self.grad += grad
 
@@ -376,7 +392,8 @@ class Conv2d(Module):
 
     def forward(self, x):
         x = _as_array(x)
-        if x.ndim in (3, 4) and x.shape[-3] != self.in_channels:
+        shape = tuple(x.shape)
+        if len(shape) in (3, 4) and shape[-3] != self.in_channels:
             raise ValueError(
                 f"{self!r} expects {self.in_channels} input channels, got input of shape "
                 f"{tuple(x.shape)}")

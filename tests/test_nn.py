@@ -389,8 +389,45 @@ def test_to_cuda_needs_cupy():
     with pytest.raises(RuntimeError, match="CuPy"):
         nn.Linear(2, 2).to("cuda")
     with pytest.raises(TypeError, match="CuPy"):
-        nn.Flatten()(_FakeDeviceArray())
+        nn.Dropout(0.5)(_FakeDeviceArray())
 
 
 class _FakeDeviceArray:
     __cuda_array_interface__ = {}
+
+
+_SIMULATOR_SCRIPT = r"""
+import numpy as np
+from numba import cuda
+from fastconv import nn
+rng = np.random.default_rng(0)
+model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=0), nn.ReLU(), nn.MaxPool2d(2))
+x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+g = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+y_cpu = model(x)
+gx_cpu = model.backward(g)
+gw_cpu, gb_cpu = model[0].weight.grad.copy(), model[0].bias.grad.copy()
+for p in model.parameters():
+    p.data, p.grad = cuda.to_device(p.data), None
+y = model(cuda.to_device(x))
+gx = model.backward(cuda.to_device(g))
+assert not isinstance(y, np.ndarray) and not isinstance(gx, np.ndarray)
+np.testing.assert_allclose(y.copy_to_host(), y_cpu, atol=1e-5)
+np.testing.assert_allclose(gx.copy_to_host(), gx_cpu, atol=1e-5)
+np.testing.assert_allclose(model[0].weight.grad.copy_to_host(), gw_cpu, atol=1e-5)
+np.testing.assert_allclose(model[0].bias.grad.copy_to_host(), gb_cpu, atol=1e-5)
+print("ok")
+"""
+
+
+@pytest.mark.cuda
+def test_layers_take_the_cuda_path_under_the_simulator():
+    """Conv2d, ReLU and MaxPool2d on device arrays run the CUDA kernels (here Numba's
+    CUDA simulator, in a subprocess) and agree with the CPU."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    result = subprocess.run([sys.executable, "-c", _SIMULATOR_SCRIPT], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
