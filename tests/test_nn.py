@@ -427,6 +427,7 @@ def test_layers_take_the_cuda_path_under_the_simulator():
     import os
     import subprocess
     import sys
+    pytest.importorskip("numba.cuda")
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     result = subprocess.run([sys.executable, "-c", _SIMULATOR_SCRIPT], env=env,
                             capture_output=True, text=True, timeout=300)
