@@ -413,7 +413,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
                return_indices=False):
     """Max pooling, exactly `torch.nn.functional.max_pool2d`.
 
-    Padding counts as -inf; a NaN in a window wins; among equal maxima the
+    Padding counts as -inf; a NaN in a window wins (the last NaN, as PyTorch);
+    a window wholly in the padding (dilation) gives -inf, index -1; among equal maxima the
     first in row-major window order wins. With ``return_indices=True`` also
     returns int64 indices ``h * W + w`` into each input plane.
 

@@ -139,8 +139,9 @@ def max_pool2d(x, kernel_size, stride, padding=(0, 0, 0, 0), dilation=(1, 1),
         out[n, c, i, j] = max over the window's in-bounds x[n, c, r, s]
         (padding is -inf), indices[n, c, i, j] = r * W + s of the winner.
 
-    A NaN wins (the first NaN in row-major window order); among equal maxima
-    the first in row-major window order wins. A window wholly in the padding
+    A NaN wins (with several, the last in row-major window order, as PyTorch's
+    `val > max || isnan(val)`); among equal maxima the first in row-major window
+    order wins. A window wholly in the padding
     (possible with dilation) gives -inf and index -1.
     """
     n, c, h, w = x.shape
@@ -157,8 +158,8 @@ def max_pool2d(x, kernel_size, stride, padding=(0, 0, 0, 0), dilation=(1, 1),
                     continue
                 v = xd[:, :, r, s]
                 # Strictly greater keeps the first maximum; a NaN replaces
-                # anything that is not already NaN.
-                take = (v > best) | (np.isnan(v) & ~np.isnan(best))
+                # anything, an earlier NaN included (PyTorch's rule).
+                take = (v > best) | np.isnan(v)
                 take |= best_index < 0
                 best = np.where(take, v, best)
                 best_index = np.where(take, r * w + s, best_index)

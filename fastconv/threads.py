@@ -13,9 +13,18 @@ Two hazards when fastconv is called from many Python threads at once:
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 
-import numba
+# numba's `omp` threading layer is GNU libgomp, whose idle workers spin for
+# ~300k pause instructions (several ms on Zen4) after every parallel region.
+# im2col and Winograd follow each numba kernel with a multi-threaded BLAS GEMM,
+# which those spinning threads slow by ~50% (measured). So, unless the user
+# chose otherwise, idle OpenMP threads sleep. This must happen before numba
+# starts its thread pool, hence here, at `import fastconv`.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
 
 _lock = threading.Lock()
 _serial = threading.Lock()

@@ -6,7 +6,7 @@ innermost loop runs over output columns with no bounds checks (unit stride in
 the input for stride 1). Padding is never materialised (it is -inf for max
 pooling, so it never wins; average pooling applies PyTorch's divisor rules).
 
-Max pooling: a NaN wins and is kept with its index once seen; among equal
+Max pooling: a NaN wins (the last NaN of a window, as PyTorch); among equal
 maxima the first in row-major window order wins (strictly-greater updates in
 (p, q) order). Backward recomputes that argmax from x and scatter-adds
 grad_out serially within each plane: deterministic, race-free, and
@@ -46,10 +46,10 @@ def _max_row(plane, i, best, pos, idx, kh, kw, sh, sw, pt, pl, dh, dw):
                 v = xrow[j * sw + off]
                 b = best[j]
                 ps = pos[j]
-                # strictly greater keeps the first maximum; a NaN replaces a non-NaN
+                # strictly greater keeps the first maximum; a NaN replaces anything
                 # and then stays; the first in-bounds element always enters.
                 # Unconditional stores of selects: the loop vectorises.
-                take = (v > b) | ((v != v) & (b == b)) | (ps < 0)
+                take = (v > b) | (v != v) | (ps < 0)
                 best[j] = v if take else b
                 pos[j] = here if take else ps
     for j in range(out_w):

@@ -3,7 +3,7 @@
 Backend contract: docs/internals.md (normalised geometry, C-contiguous numba device
 arrays in, new numba device arrays out). Rules, as PyTorch and fastconv.reference:
 
-- max: padding counts as -inf; a NaN wins (the first NaN in row-major window order);
+- max: padding counts as -inf; a NaN wins (the last NaN in row-major window order, as PyTorch);
   among equal maxima the first in row-major window order wins; an all -inf window
   reports its first in-bounds element. Indices are flat ``h * W + w`` per plane, int64.
 - avg: ``hstart = oh*sh - top; hend = min(hstart + kh, H + bottom)``, ``pool`` is the
@@ -55,9 +55,9 @@ def _make_max_forward(dtype_name: str, write_values: bool):
                         continue
                     v = x[plane, r, c]
                     # strictly greater keeps the first maximum; a NaN replaces
-                    # anything that is not already NaN; the first valid element
+                    # anything (the last NaN wins, as PyTorch); the first valid element
                     # is taken in any case (all -inf windows).
-                    if best_index < 0 or v > best or (v != v and best == best):
+                    if best_index < 0 or v > best or v != v:
                         best = v
                         best_index = r * width + c
             if write_values:
