@@ -1,0 +1,173 @@
+"""`python -m fastconv bench`: run the CPU benchmarks (or read their JSON) and report.
+
+    python -m fastconv bench                         # run benchmarks/test_bench_cpu.py, report
+    python -m fastconv bench --json cpu.json         # report an existing pytest-benchmark JSON
+    python -m fastconv bench -k resnet50 --full      # a selection / the full set
+
+Writes a markdown table (time of each implementation / PyTorch's time, min of the
+rounds, and GFLOP/s) to stdout and to ``--out`` (default docs/benchmark-results.md),
+and a bar chart of the ratios to ``--png`` (default docs/benchmark-ratios.png), headed
+by the machine (CPU model from /proc/cpuinfo), thread count and date.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+from collections import OrderedDict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASELINE = "torch"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def run_benchmarks(json_path, select=None, full=False, extra=()):
+    cmd = [sys.executable, "-m", "pytest", os.path.join(ROOT, "benchmarks", "test_bench_cpu.py"),
+           "--benchmark-only", "-q", f"--benchmark-json={json_path}", "-p", "no:cacheprovider"]
+    if select:
+        cmd += ["-k", select]
+    cmd += list(extra)
+    env = dict(os.environ)
+    if full:
+        env["FASTCONV_BENCH_FULL"] = "1"
+    print("running:", " ".join(cmd), file=sys.stderr)
+    return subprocess.call(cmd, env=env, cwd=ROOT)
+
+
+def load(json_path):
+    """{group: {impl: (min seconds, gflops or None)}} in file order, and the JSON's machine info."""
+    with open(json_path) as f:
+        data = json.load(f)
+    groups = OrderedDict()
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info", {})
+        impl = info.get("impl") or bench["param"] or bench["name"]
+        groups.setdefault(bench["group"] or bench["name"], OrderedDict())[impl] = (
+            bench["stats"]["min"], info.get("gflops"))
+    return groups, data
+
+
+def ratios(groups):
+    """{group: {impl: time / torch's time}} for groups with a torch entry."""
+    out = OrderedDict()
+    for group, impls in groups.items():
+        if BASELINE in impls:
+            base = impls[BASELINE][0]
+            out[group] = OrderedDict((impl, t / base) for impl, (t, _) in impls.items())
+    return out
+
+
+def markdown(groups, header):
+    impls = []
+    for per in groups.values():
+        impls += [i for i in per if i not in impls]
+    lines = [header, "",
+             "Each cell: min time in ms, (time / PyTorch's time), [GFLOP/s]. "
+             "Ratio < 1: faster than PyTorch. Bold: fastest fastconv algorithm.", "",
+             "| group | " + " | ".join(impls) + " |",
+             "|---|" + "---|" * len(impls)]
+    for group, per in groups.items():
+        base = per.get(BASELINE, (None,))[0]
+        fc_times = {i: t for i, (t, _) in per.items()
+                    if i in ("direct", "im2col", "winograd", "winograd_f2", "fastconv")}
+        best = min(fc_times, key=fc_times.get) if fc_times else None
+        cells = []
+        for impl in impls:
+            if impl not in per:
+                cells.append("")
+                continue
+            t, gf = per[impl]
+            cell = f"{t * 1e3:.2f}"
+            if base:
+                cell += f" ({t / base:.2f}x)"
+            if gf:
+                cell += f" [{gf:.0f}]"
+            cells.append(f"**{cell}**" if impl == best else cell)
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(groups, png, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    rat = ratios(groups)
+    impls = []
+    for per in rat.values():
+        impls += [i for i in per if i not in impls and i != BASELINE]
+    names = list(rat)
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(names) + 2), 5))
+    width = 0.8 / max(1, len(impls))
+    xs = np.arange(len(names))
+    for j, impl in enumerate(impls):
+        vals = [rat[g].get(impl, np.nan) for g in names]
+        ax.bar(xs + j * width - 0.4 + width / 2, vals, width, label=impl)
+    ax.axhline(1.0, color="k", lw=1, ls="--", label="PyTorch")
+    ax.set_yscale("log")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("time / PyTorch time (log; lower is better)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastconv bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="report this pytest-benchmark JSON instead of running")
+    parser.add_argument("-k", dest="select", help="pytest -k selection of benchmarks")
+    parser.add_argument("--full", action="store_true", help="also the large VGG layers")
+    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmark-results.md"))
+    parser.add_argument("--png", default=os.path.join(ROOT, "docs", "benchmark-ratios.png"))
+    args = parser.parse_args(argv)
+    json_path = args.json
+    if json_path is None:
+        json_path = os.path.join(ROOT, "benchmarks", "last-run.json")
+        rc = run_benchmarks(json_path, args.select, args.full)
+        if rc not in (0, 5) or not os.path.exists(json_path):
+            print(f"benchmarks failed (exit {rc})", file=sys.stderr)
+            return rc or 1
+    groups, data = load(json_path)
+    machine = data.get("machine_info", {})
+    when = data.get("datetime", datetime.datetime.now(datetime.timezone.utc).isoformat())
+    import numba
+    threads = f"{os.cpu_count()} CPUs, numba {numba.get_num_threads()} threads"
+    try:
+        import torch
+        threads += f", torch {torch.get_num_threads()} threads"
+    except ImportError:
+        pass
+    title = f"{cpu_model()} ({threads}); {when[:16]} UTC; float32"
+    header = (f"## fastconv CPU benchmarks\n\nMachine: {cpu_model()}, {threads}; "
+              f"Python {machine.get('python_version', '?')}; run {when}; float32, "
+              "min of the timed rounds.")
+    text = markdown(groups, header)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    if args.png:
+        plot(groups, args.png, title)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
