@@ -111,99 +111,100 @@ def winograd_matrices(m, r=R):
 
 @numba.njit(**KERNEL)
 def _input_transform(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
-    """V[a*alpha + b, c, t] = (B^T d B)[a, b] for the input tile d of tile t of this
-    chunk (tile rows row0.. over the flattened (image, tile row) index).
+    """V[a*alpha + b, c, t] = (B^T d B)[a, b] for the input tile d of each tile t
+    of this chunk (tile rows row0.. of the flattened (image, tile row) index).
 
-    Per (channel, tile row): first the column transform of the alpha input rows
-    at once (a vector loop along the row), then the row transform of every tile
-    (a vector loop over the tiles), so both inner loops run over contiguous data.
+    Parallel over channels; per channel the chunk's tiles are first gathered
+    into d[i, j, t], so that both transform steps are long vector loops over
+    the tiles t (the tile's own 6x6 loops are too short to vectorise).
     """
     alpha = BT.shape[0]
     height, width = x.shape[2], x.shape[3]
-    channels = x.shape[1]
-    chunk_rows = V.shape[2] // tiles_w
-    span = tiles_w * m + alpha - m            # padded input columns the row of tiles reads
-    for unit in prange(channels * chunk_rows):
-        c = unit // chunk_rows
-        local_row = unit % chunk_rows
-        row = row0 + local_row
-        n = row // tiles_h
-        y0 = (row % tiles_h) * m - pt
-        rows = np.zeros((alpha, span), dtype=x.dtype)
-        lo, hi = max(0, pl) , min(span, width + pl)   # columns inside the input
-        for i in range(alpha):
-            y = y0 + i
-            if 0 <= y < height:
-                for j in range(lo, hi):
-                    rows[i, j] = x[n, c, y, j - pl]
-        cols = np.empty((alpha, span), dtype=x.dtype)   # cols = B^T rows
-        for a in range(alpha):
-            for j in range(span):
-                cols[a, j] = BT[a, 0] * rows[0, j]
-            for i in range(1, alpha):
-                coef = BT[a, i]
-                if coef != 0:
-                    for j in range(span):
-                        cols[a, j] += coef * rows[i, j]
-        t0 = local_row * tiles_w
-        for a in range(alpha):                           # V = cols B, per tile
-            for b in range(alpha):
-                out = V[a * alpha + b, c, t0:t0 + tiles_w]
+    tiles = V.shape[2]
+    chunk_rows = tiles // tiles_w
+    span = tiles_w * m + alpha - m            # padded input columns a row of tiles reads
+    for c in prange(x.shape[1]):
+        d = np.empty((alpha, alpha, tiles), dtype=x.dtype)
+        cols = np.empty((alpha, tiles), dtype=x.dtype)
+        padded = np.zeros(span, dtype=x.dtype)
+        lo, hi = max(0, pl), min(span, width + pl)   # padded columns inside the input
+        for local_row in range(chunk_rows):
+            row = row0 + local_row
+            n = row // tiles_h
+            y0 = (row % tiles_h) * m - pt
+            t0 = local_row * tiles_w
+            for i in range(alpha):
+                y = y0 + i
+                if 0 <= y < height:
+                    for j in range(lo, hi):
+                        padded[j] = x[n, c, y, j - pl]
+                else:
+                    for j in range(lo, hi):
+                        padded[j] = 0
                 for tx in range(tiles_w):
-                    out[tx] = BT[b, 0] * cols[a, tx * m]
+                    for j in range(alpha):
+                        d[i, j, t0 + tx] = padded[tx * m + j]
+        for a in range(alpha):
+            for j in range(alpha):                    # cols = (B^T d)[a, j, :]
+                for t in range(tiles):
+                    cols[j, t] = BT[a, 0] * d[0, j, t]
+                for i in range(1, alpha):
+                    coef = BT[a, i]
+                    if coef != 0:
+                        for t in range(tiles):
+                            cols[j, t] += coef * d[i, j, t]
+            for b in range(alpha):                    # V = (cols B)[a, b, :]
+                out = V[a * alpha + b, c]
+                for t in range(tiles):
+                    out[t] = BT[b, 0] * cols[0, t]
                 for j in range(1, alpha):
                     coef = BT[b, j]
                     if coef != 0:
-                        for tx in range(tiles_w):
-                            out[tx] += coef * cols[a, tx * m + j]
+                        for t in range(tiles):
+                            out[t] += coef * cols[j, t]
 
 
 @numba.njit(**KERNEL)
 def _output_transform(M, AT, bias, out, row0, tiles_h, tiles_w):
-    """out[n, k, tile] = (A^T M A) + bias[k], cropped at the bottom/right border;
-    like the input transform, both steps are vector loops over the row's tiles."""
+    """out[n, k, tile] = (A^T M A) + bias[k], cropped at the bottom/right border.
+    Parallel over output channels; both steps are vector loops over the tiles."""
     m, alpha = AT.shape
-    channels = M.shape[1]
-    chunk_rows = M.shape[2] // tiles_w
+    tiles = M.shape[2]
+    chunk_rows = tiles // tiles_w
     out_h, out_w = out.shape[2], out.shape[3]
-    for unit in prange(channels * chunk_rows):
-        k = unit // chunk_rows
-        local_row = unit % chunk_rows
-        row = row0 + local_row
-        n = row // tiles_h
-        y0 = (row % tiles_h) * m
-        t0 = local_row * tiles_w
-        tmp = np.empty((m, alpha, tiles_w), dtype=M.dtype)    # tmp = A^T M, per tile
+    for k in prange(M.shape[1]):
+        tmp = np.empty((alpha, tiles), dtype=M.dtype)
+        y_tile = np.empty((m, m, tiles), dtype=M.dtype)
         for i in range(m):
-            for b in range(alpha):
-                src = M[b, k, t0:t0 + tiles_w]
-                for tx in range(tiles_w):
-                    tmp[i, b, tx] = AT[i, 0] * src[tx]
+            for b in range(alpha):                    # tmp = (A^T M)[i, b, :]
+                src = M[b, k]
+                for t in range(tiles):
+                    tmp[b, t] = AT[i, 0] * src[t]
                 for a in range(1, alpha):
                     coef = AT[i, a]
                     if coef != 0:
-                        src = M[a * alpha + b, k, t0:t0 + tiles_w]
-                        for tx in range(tiles_w):
-                            tmp[i, b, tx] += coef * src[tx]
-        full_w = min(tiles_w, out_w // m)     # tiles wholly inside the output
-        for i in range(m):                     # Y = tmp A
-            y = y0 + i
-            if y >= out_h:
-                break
-            dst = out[n, k, y]
-            for j in range(m):
-                for tx in range(full_w):
-                    acc = bias[k]
-                    for b in range(alpha):
-                        acc += AT[j, b] * tmp[i, b, tx]
-                    dst[tx * m + j] = acc
-                for tx in range(full_w, tiles_w):
-                    xx = tx * m + j
-                    if xx < out_w:
-                        acc = bias[k]
-                        for b in range(alpha):
-                            acc += AT[j, b] * tmp[i, b, tx]
-                        dst[xx] = acc
+                        src = M[a * alpha + b, k]
+                        for t in range(tiles):
+                            tmp[b, t] += coef * src[t]
+            for j in range(m):                        # Y = (tmp A)[i, j, :] + bias
+                dst = y_tile[i, j]
+                for t in range(tiles):
+                    dst[t] = bias[k] + AT[j, 0] * tmp[0, t]
+                for b in range(1, alpha):
+                    coef = AT[j, b]
+                    if coef != 0:
+                        for t in range(tiles):
+                            dst[t] += coef * tmp[b, t]
+        for local_row in range(chunk_rows):           # scatter, cropped at the border
+            row = row0 + local_row
+            n = row // tiles_h
+            y0 = (row % tiles_h) * m
+            t0 = local_row * tiles_w
+            for i in range(min(m, out_h - y0)):
+                dst = out[n, k, y0 + i]
+                for j in range(m):
+                    for tx in range(min(tiles_w, (out_w - j + m - 1) // m)):
+                        dst[tx * m + j] = y_tile[i, j, t0 + tx]
 
 
 # --------------------------------------------------------------------------
