@@ -135,3 +135,37 @@ def test_output_too_large_to_index_is_refused():
     w = np.broadcast_to(np.float32(1), (2**30, 1, 1, 1))
     with pytest.raises(ValueError, match="too large"):
         fc.conv2d(x, w)
+
+
+# Layers and models: the same rule (clear TypeError/ValueError naming the argument).
+LAYER_CALLS = [
+    ("Conv2d zero channels", lambda: fc.nn.Conv2d(0, 4, 3), ValueError, "in_channels"),
+    ("Conv2d float kernel", lambda: fc.nn.Conv2d(3, 4, 2.5), TypeError, "kernel_size"),
+    ("Conv2d groups", lambda: fc.nn.Conv2d(3, 4, 3, groups=2), ValueError, "groups"),
+    ("Conv2d winograd 5x5", lambda: fc.nn.Conv2d(3, 4, 5, algorithm="winograd"), ValueError, "winograd"),
+    ("MaxPool2d padding", lambda: fc.nn.MaxPool2d(2, padding=3), ValueError, "padding"),
+    ("AvgPool2d divisor", lambda: fc.nn.AvgPool2d(2, divisor_override=0), ValueError, "divisor_override"),
+    ("Linear zero", lambda: fc.nn.Linear(0, 3), ValueError, "in_features"),
+    ("Dropout p", lambda: fc.nn.Dropout(1.5), ValueError, "p"),
+    ("Sequential non-layer", lambda: fc.nn.Sequential(fc.nn.ReLU(), "relu"), TypeError, "layer"),
+    ("SGD lr", lambda: fc.nn.SGD(fc.nn.Linear(2, 2).parameters(), lr=-1), ValueError, "lr"),
+    ("Conv2d wrong channels", lambda: fc.nn.Conv2d(3, 4, 3)(np.zeros((1, 2, 8, 8), f32)), ValueError, "channels"),
+    ("summary bad shape", lambda: fc.nn.Sequential(fc.nn.Conv2d(3, 4, 3)).summary((3, 8)), ValueError, "shape"),
+]
+
+
+@pytest.mark.parametrize("call, error, word", [c[1:] for c in LAYER_CALLS],
+                         ids=[c[0] for c in LAYER_CALLS])
+def test_bad_layer_call_raises_clear_error(call, error, word):
+    with pytest.raises(error) as info:
+        call()
+    assert word.lower() in str(info.value).lower(), str(info.value)
+
+
+def test_load_state_never_unpickles(tmp_path):
+    """A malicious .npz holding a pickled object is refused, not executed."""
+    model = fc.nn.Sequential(fc.nn.Linear(2, 2))
+    path = tmp_path / "evil.npz"
+    np.savez(path, **{"0.weight": np.array([object()], dtype=object)})
+    with pytest.raises(ValueError):
+        model.load_state(path)
