@@ -22,6 +22,7 @@ V and M stay within `config.workspace_bytes` (and near a cache-sized target).
 """
 from __future__ import annotations
 
+import threading
 from fractions import Fraction
 from functools import lru_cache
 
@@ -211,13 +212,74 @@ def _output_transform(M, AT, bias, out, row0, tiles_h, tiles_w):
 # wrappers
 # --------------------------------------------------------------------------
 
-def transform_filter(weight, tile=DEFAULT_TILE):
-    """U (alpha^2, K, C_per_group) = (G w G^T) for every filter: one BLAS call."""
+@numba.njit(**KERNEL)
+def _filter_transform(weight, G, U):
+    """U[a*alpha + b, k, c] = (G w[k, c] G^T)[a, b], accumulated in float64.
+
+    Parallel over output channels; within one, every step is a vector loop
+    along the input channels c (zeros of G skipped)."""
+    alpha = G.shape[0]
+    k_count, c_count = weight.shape[0], weight.shape[1]
+    for k in prange(k_count):
+        wt = np.empty((9, c_count), dtype=np.float64)      # w[k] transposed
+        for c in range(c_count):
+            for q in range(9):
+                wt[q, c] = weight[k, c, q // 3, q % 3]
+        tmp = np.zeros((alpha * 3, c_count), dtype=np.float64)   # G w
+        for a in range(alpha):
+            for i in range(3):
+                coef = G[a, i]
+                if coef != 0:
+                    for j in range(3):
+                        for c in range(c_count):
+                            tmp[a * 3 + j, c] += coef * wt[i * 3 + j, c]
+        row = np.empty(c_count, dtype=np.float64)
+        for a in range(alpha):
+            for b in range(alpha):                          # (G w) G^T
+                row[:] = 0.0
+                for j in range(3):
+                    coef = G[b, j]
+                    if coef != 0:
+                        for c in range(c_count):
+                            row[c] += coef * tmp[a * 3 + j, c]
+                dst = U[a * alpha + b, k]
+                for c in range(c_count):
+                    dst[c] = row[c]
+
+
+_pool = threading.local()
+
+
+def _scratch(slot, shape, dtype):
+    """A scratch array of `shape` for this thread, reused across calls (fresh pages
+    cost a page fault each: ~10% of a call on the ResNet layers). Only this call
+    sees it; results are always new arrays. `release_workspace()` frees it."""
+    buffers = getattr(_pool, "buffers", None)
+    if buffers is None:
+        buffers = _pool.buffers = {}
+    size = int(np.prod(shape))
+    dtype = np.dtype(dtype)
+    buf = buffers.get((slot, dtype))
+    if buf is None or buf.size < size:
+        buf = np.empty(size, dtype=dtype)
+        buffers[(slot, dtype)] = buf
+    return buf[:size].reshape(shape)
+
+
+def release_workspace():
+    """Free this thread's kept scratch buffers."""
+    _pool.buffers = {}
+
+
+def transform_filter(weight, tile=DEFAULT_TILE, out=None):
+    """U (alpha^2, K, C_per_group) = (G w G^T) for every filter (numba, parallel over K;
+    float64 arithmetic, rounded once to the weight's dtype)."""
     _, G, _ = winograd_matrices(tile)
-    k, c = weight.shape[:2]
-    kron = np.kron(G, G)                                   # (alpha^2, 9)
-    flat = weight.reshape(k * c, R * R).astype(np.float64).T
-    return (kron @ flat).reshape(-1, k, c).astype(weight.dtype)
+    alpha = G.shape[0]
+    weight = np.ascontiguousarray(weight)
+    U = np.empty((alpha * alpha,) + weight.shape[:2], dtype=weight.dtype) if out is None else out
+    _filter_transform(weight, G, U)
+    return U
 
 
 def _chunk_rows(total_rows, tiles_w, alpha, c_in, c_out, itemsize):
@@ -263,15 +325,19 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw, tile=DEFA
     rows = _chunk_rows(total_rows, tiles_w, alpha, c_in, c_out, x.dtype.itemsize)
     if rows == 0:   # not even one tile row fits the workspace bound
         return direct.conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw)
-    U = transform_filter(weight, tile) if transformed_filter is None else transformed_filter
+    if transformed_filter is None:
+        U = transform_filter(weight, tile,
+                             out=_scratch("U", (alpha * alpha,) + weight.shape[:2], x.dtype))
+    else:
+        U = transformed_filter
     AT, BT = AT.astype(x.dtype), BT.astype(x.dtype)
     bias = bias_or_zeros(bias, c_out, x.dtype)
     out = np.empty((n, c_out) + tuple(out_hw), dtype=x.dtype)
-    V = np.empty((alpha * alpha, c_in, rows * tiles_w), dtype=x.dtype)
-    M = np.empty((alpha * alpha, c_out, rows * tiles_w), dtype=x.dtype)
     for row0 in range(0, total_rows, rows):
         count = min(rows, total_rows - row0)
-        v, mm = V[:, :, :count * tiles_w], M[:, :, :count * tiles_w]
+        # contiguous, also for a shorter last chunk (one kernel specialisation)
+        v = _scratch("V", (alpha * alpha, c_in, count * tiles_w), x.dtype)
+        mm = _scratch("M", (alpha * alpha, c_out, count * tiles_w), x.dtype)
         _input_transform(x, BT, v, row0, tiles_h, tiles_w, tile, padding[0], padding[2])
         _multiply(U, v, mm, groups)
         _output_transform(mm, AT, bias, out, row0, tiles_h, tiles_w)
