@@ -105,3 +105,42 @@ def test_winograd_refuses_what_it_cannot_do():
                               ((2, 2, 3, 3), {"dilation": 2}, "dilation")]:
         with pytest.raises(ValueError, match=word):
             fc.conv2d(x, np.ones(w_shape, np.float32), algorithm="winograd", **kw)
+
+
+@pytest.mark.parametrize("tile", TILES)
+def test_filter_transform_is_g_w_gt(tile, rng):
+    w = rng.standard_normal((5, 3, 3, 3))
+    _, G, _ = winograd.winograd_matrices(tile)
+    expected = np.einsum("ai,kcij,bj->abkc", G, w, G).reshape(-1, 5, 3)
+    np.testing.assert_allclose(winograd.transform_filter(w, tile), expected, rtol=1e-13,
+                               atol=1e-13)
+
+
+def test_kept_scratch_does_not_leak_between_shapes(rng):
+    """The per-thread scratch is reused: a large call, then a small one, then the large
+    one again must each give the reference (no stale tiles, no stale filter)."""
+    big = _case(rng, (2, 8, 17, 15), 8, 1, 1, np.float64)
+    small = _case(rng, (1, 3, 5, 6), 2, ((0, 1), (2, 0)), 1, np.float64)
+    for x, w, b, p, out_hw, _ in (big, small, big):
+        np.testing.assert_allclose(
+            winograd.conv2d(x, w, b, (1, 1), p, (1, 1), 1, out_hw),
+            reference.conv2d(x, w, b, (1, 1), p), rtol=1e-10, atol=1e-10)
+    winograd.release_workspace()
+
+
+@pytest.mark.parametrize("tile", TILES)
+def test_agrees_with_im2col_in_float32(tile, rng):
+    x, w, b, p, out_hw, go = _case(rng, (3, 7, 10, 13), 5, "same", 1, np.float32)
+    ours = winograd.conv2d(x, w, b, (1, 1), p, (1, 1), 1, out_hw, tile=tile)
+    theirs = fc.conv2d(x, w, b, padding="same", algorithm="im2col")
+    assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()
+
+
+def test_empty_batch_through_the_api():
+    x = np.zeros((0, 4, 9, 9), np.float32)
+    w = np.ones((6, 4, 3, 3), np.float32)
+    out = fc.conv2d(x, w, padding=1, algorithm="winograd")
+    assert out.shape == (0, 6, 9, 9) and out.dtype == np.float32
+    gi = fc.conv2d_grad_input(np.zeros((0, 6, 9, 9), np.float32), w, x.shape, padding=1,
+                              algorithm="winograd")
+    assert gi.shape == x.shape
