@@ -14,7 +14,7 @@ float32 throughout. ``extra_info``: ``gflops`` (2*MACs of the direct convolution
 ``shapes.conv_flops``, over the minimum time, for every implementation, so
 Winograd's fewer multiplies show as a higher rate), ``layer``, ``impl``.
 
-The default run (about 5-10 minutes on the 2-core machine) leaves out the four
+The default run (1-3 minutes on the 2-core machine) leaves out the four
 batch-8 VGG-16 conv2-5 layers (30 GFLOP each) and the direct kernel on the layers
 above 5 GFLOP; ``FASTCONV_BENCH_FULL=1`` runs everything. No timing is asserted.
 """
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import baselines  # noqa: E402
 
 FULL = os.environ.get("FASTCONV_BENCH_FULL", "0") not in ("", "0")
-ROUNDS = int(os.environ.get("FASTCONV_BENCH_ROUNDS", "5"))
+ROUNDS = int(os.environ.get("FASTCONV_BENCH_ROUNDS", "10"))
 DIRECT_MAX_GFLOP = 5.0          # direct is the slow baseline: skip it above this by default
 
 try:
