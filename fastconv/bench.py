@@ -132,20 +132,26 @@ def plot(groups, png, title):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastconv bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", help="report this pytest-benchmark JSON instead of running")
+    parser.add_argument("--json", action="append",
+                        help="report this pytest-benchmark JSON (or benchmarks/interleaved.py "
+                             "output) instead of running; repeat to merge files")
     parser.add_argument("-k", dest="select", help="pytest -k selection of benchmarks")
     parser.add_argument("--full", action="store_true", help="also the large VGG layers")
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmark-results.md"))
     parser.add_argument("--png", default=os.path.join(ROOT, "docs", "benchmark-ratios.png"))
     args = parser.parse_args(argv)
-    json_path = args.json
-    if json_path is None:
-        json_path = os.path.join(ROOT, "benchmarks", "last-run.json")
-        rc = run_benchmarks(json_path, args.select, args.full)
-        if rc not in (0, 5) or not os.path.exists(json_path):
+    json_paths = args.json
+    if not json_paths:
+        json_paths = [os.path.join(ROOT, "benchmarks", "last-run.json")]
+        rc = run_benchmarks(json_paths[0], args.select, args.full)
+        if rc not in (0, 5) or not os.path.exists(json_paths[0]):
             print(f"benchmarks failed (exit {rc})", file=sys.stderr)
             return rc or 1
-    groups, data = load(json_path)
+    groups, data = load(json_paths[0])
+    for path in json_paths[1:]:
+        more, _ = load(path)
+        for group, impls in more.items():
+            groups.setdefault(group, OrderedDict()).update(impls)
     machine = data.get("machine_info", {})
     when = data.get("datetime", datetime.datetime.now(datetime.timezone.utc).isoformat())
     import numba
