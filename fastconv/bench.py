@@ -1,6 +1,7 @@
 """`python -m fastconv bench`: run the CPU benchmarks (or read their JSON) and report.
 
     python -m fastconv bench                         # run benchmarks/test_bench_cpu.py, report
+    python benchmarks/interleaved.py --json i.json && python -m fastconv bench --json i.json
     python -m fastconv bench --json cpu.json         # report an existing pytest-benchmark JSON
     python -m fastconv bench -k resnet50 --full      # a selection / the full set
 
@@ -142,7 +143,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     json_paths = args.json
     if not json_paths:
-        json_paths = [os.path.join(ROOT, "benchmarks", "last-run.json")]
+        import tempfile
+        json_paths = [os.path.join(tempfile.mkdtemp(prefix="fastconv-bench-"), "cpu.json")]
         rc = run_benchmarks(json_paths[0], args.select, args.full)
         if rc not in (0, 5) or not os.path.exists(json_paths[0]):
             print(f"benchmarks failed (exit {rc})", file=sys.stderr)
