@@ -7,12 +7,13 @@ under the contract of docs/internals.md.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import numbers
 
 import numpy as np
 
-from . import jitcache, shapes
+from . import autotune, jitcache, shapes
 from .config import ALGORITHMS, choose_algorithm
 from .threads import cpu_slot
 
@@ -220,7 +221,16 @@ class _ConvProblem:
                 raise ValueError(f"algorithm='winograd' is not available here: {why}")
             if operation == "conv2d_grad_weight":
                 algorithm = "im2col"  # Winograd has no weight-gradient form; documented
-        return _module(device, algorithm)
+        return _module(device, algorithm), self._backend_options(device, algorithm, operation)
+
+    def _backend_options(self, device, algorithm, operation):
+        """Winograd's tile on the CPU: F(2x2) on small images, F(4x4) elsewhere
+        (measured; autotune.winograd_tile). The CUDA module picks its own."""
+        if algorithm != "winograd" or device != "cpu":
+            return {}
+        # grad_input is a Winograd convolution whose output is the input's size
+        out_hw = self.x_shape[2:] if operation == "conv2d_grad_input" else self.out_hw
+        return {"tile": autotune.winograd_tile(self.x_shape, self.w_shape, out_hw)}
 
 
 def _all_finite(arr) -> bool:
@@ -247,11 +257,14 @@ def _module(device, algorithm):
     return importlib.import_module(f"fastconv.{device}.{algorithm}")
 
 
-def _call(module, name, arrays, *args):
+def _call(module, name, arrays, *args, **options):
+    """module.name(*args, **options) on the arrays' device: the caller's stream on
+    CUDA; on the CPU a fair share of the threads, surviving a broken JIT cache."""
+    function = functools.partial(getattr(module, name), **options)
     if arrays.device == "cuda":
-        return getattr(module, name)(*args, stream=arrays.stream())
+        return function(*args, stream=arrays.stream())
     with cpu_slot():
-        return jitcache.call(getattr(module, name), *args)
+        return jitcache.call(function, *args)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
@@ -288,13 +301,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
         raise ValueError(
             f"bias must have shape ({w.shape[0]},) to match weight's output channels, "
             f"got {tuple(arrays['bias'].shape)}")
-    module = problem.backend(arrays.device, algorithm, "conv2d", (x4, w))
+    module, options = problem.backend(arrays.device, algorithm, "conv2d", (x4, w))
     if x4.shape[0] == 0:
         return arrays.give_back(arrays.empty(problem.out_shape), squeeze)
     x4 = _batched(arrays.contiguous("x"), "x")[0]
     out = _call(module, "conv2d", arrays, x4, arrays.contiguous("weight"),
                 arrays.contiguous("bias"), problem.stride, problem.padding,
-                problem.dilation, problem.groups, problem.out_hw)
+                problem.dilation, problem.groups, problem.out_hw, **options)
     return arrays.give_back(out, squeeze)
 
 
@@ -330,11 +343,11 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
     problem = _ConvProblem(x_shape, w.shape, stride, padding, dilation, groups,
                            x_name="input_shape")
     go = _grad_out_4d(arrays, problem.out_shape, was_3d)
-    module = problem.backend(arrays.device, algorithm, "conv2d_grad_input", (go, w))
+    module, options = problem.backend(arrays.device, algorithm, "conv2d_grad_input", (go, w))
     if x_shape[0] == 0:
         return arrays.give_back(arrays.empty(x_shape), was_3d)
     grad_input = _call(module, "conv2d_grad_input", arrays, go, arrays.contiguous("weight"),
-                       x_shape, *problem.geometry())
+                       x_shape, *problem.geometry(), **options)
     return arrays.give_back(grad_input, was_3d)
 
 
@@ -355,12 +368,12 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride=1, padding=0, dilation=
     x4, was_3d = _batched(arrays["x"], "x")
     problem = _ConvProblem(x4.shape, weight_shape, stride, padding, dilation, groups)
     go = _grad_out_4d(arrays, problem.out_shape, was_3d)
-    module = problem.backend(arrays.device, algorithm, "conv2d_grad_weight")
+    module, options = problem.backend(arrays.device, algorithm, "conv2d_grad_weight")
     if x4.shape[0] == 0:
         return arrays.give_back(arrays.empty(weight_shape))
     x4 = _batched(arrays.contiguous("x"), "x")[0]
     grad_weight = _call(module, "conv2d_grad_weight", arrays, go, x4, weight_shape,
-                        *problem.geometry())
+                        *problem.geometry(), **options)
     return arrays.give_back(grad_weight)
 
 
