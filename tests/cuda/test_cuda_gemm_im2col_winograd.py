@@ -17,7 +17,7 @@ from fastconv import reference, shapes
 from fastconv.config import config
 from fastconv.cuda import gemm, im2col, interop, winograd
 
-from .conftest import assert_close
+from .conftest import assert_close, assert_kernels_lower
 
 DTYPES = [np.float64, np.float32]
 
@@ -342,66 +342,30 @@ def test_public_api_3d_input_and_strided_im2col(rng, on_device, to_host):
     assert_close(to_host(out), expected, np.float64)
 
 
-# --------------------------------------------------------------------------
-# The simulator runs kernels as Python and never types them for the GPU: lower
-# the GEMM (real tile configs, every operand mode, strided views), im2col,
-# col2im and Winograd kernels with numba's CUDA target for sm_80 (typing + LLVM
-# IR; no GPU, no NVVM) in a process without the simulator, and check that the
-# float32 kernels do no float64 arithmetic (the Winograd filter transform does,
-# on purpose: it runs once per weight, in float64).
-# --------------------------------------------------------------------------
-
-_LOWER = r'''
-import numba.cuda.dispatcher as dispatcher
-from numba import types
-from numba.cuda.compiler import compile_cuda
-from fastconv.cuda import gemm, im2col, winograd
-
-
-class _Device:                      # device functions ask for the current device's cc
-    compute_capability = (8, 0)
-
-
-dispatcher.get_current_device = lambda: _Device()
-i64, b = types.int64, types.boolean
-
-
-def arr(dt, nd, layout="C"):
-    return types.Array(dt, nd, layout)
-
-
-for name in ("float32", "float64"):
-    dt = getattr(types, name)
-    a3, a4, aa3 = arr(dt, 3), arr(dt, 4), arr(dt, 3, "A")
-    gemm_sig = (aa3, aa3, aa3, arr(dt, 1, "A")) + (i64,) * 10 + (dt, dt, b)
-    cases = [(gemm._make_gemm(cfg, name, ta, tb, sa, sb, sc), gemm_sig, True)
-             for cfg in (gemm.LARGE, gemm.MEDIUM, gemm.WIDE)
-             for ta, tb, sa, sb, sc in ((False, False, False, False, False),
-                                        (False, False, False, False, True),
-                                        (True, False, False, True, True),
-                                        (False, True, True, False, False),
-                                        (True, True, False, False, False))]
-    cases += [(im2col._make_im2col(name), (a4, a3) + (i64,) * 14, True),
-              (im2col._make_col2im(name), (a3, a4) + (i64,) * 18 + (b,), True)]
-    for m in winograd.TILES:
-        filt, inp, outp = winograd._make_kernels(name, m)
-        cases += [(filt, (a4, a3, i64, i64, b), False),
-                  (inp, (a4, a3) + (i64,) * 7, True),
-                  (outp, (a3, a4, arr(dt, 1), b) + (i64,) * 5, True)]
-    for kernel, sig, strict in cases:
-        ir = compile_cuda(kernel.py_func, types.void, sig, cc=(8, 0)).library.get_llvm_str()
-        if name == "float32" and strict:
-            doubles = sum(ir.count(op + " double") for op in ("fadd", "fmul", "fdiv", "fpext"))
-            assert doubles == 0, (kernel.py_func.__name__, "float64 arithmetic in float32 kernel")
-print("lowered")
+# The simulator never types kernels for the GPU: lower the GEMM (real tile configs,
+# every operand mode, strided views), im2col, col2im and Winograd kernels for sm_80
+# (see conftest.assert_kernels_lower). The Winograd filter transform is not strict:
+# it computes in float64 on purpose (it runs once per weight).
+_CASES = '''
+a3, a4, aa3 = arr(dt, 3), arr(dt, 4), arr(dt, 3, "A")
+gemm_sig = (aa3, aa3, aa3, arr(dt, 1, "A")) + (i64,) * 10 + (dt, dt, b)
+cases = [(gemm._make_gemm(cfg, name, ta, tb, sa, sb, sc), gemm_sig, True)
+         for cfg in (gemm.LARGE, gemm.MEDIUM, gemm.WIDE)
+         for ta, tb, sa, sb, sc in ((False, False, False, False, False),
+                                    (False, False, False, False, True),
+                                    (True, False, False, True, True),
+                                    (False, True, True, False, False),
+                                    (True, True, False, False, False))]
+cases += [(im2col._make_im2col(name), (a4, a3) + (i64,) * 14, True),
+          (im2col._make_col2im(name), (a3, a4) + (i64,) * 18 + (b,), True)]
+for m in winograd.TILES:
+    filt, inp, outp = winograd._make_kernels(name, m)
+    cases += [(filt, (a4, a3, i64, i64, b), False),
+              (inp, (a4, a3) + (i64,) * 7, True),
+              (outp, (a3, a4, arr(dt, 1), b) + (i64,) * 5, True)]
+return cases
 '''
 
 
 def test_kernels_lower_for_a_real_gpu():
-    import os
-    import subprocess
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    done = subprocess.run([sys.executable, "-c", _LOWER], capture_output=True, text=True,
-                          env=env, cwd=root, timeout=300)
-    assert done.returncode == 0 and "lowered" in done.stdout, done.stderr[-3000:]
+    assert_kernels_lower("from fastconv.cuda import gemm, im2col, winograd", _CASES)
