@@ -21,6 +21,9 @@ For the other CUDA modules
 - ``launch_1d(n, threads)``: (blocks, threads) for a grid-stride 1-D loop, with the
   block count capped (kernels loop with ``cuda.gridsize(1)``; indices are int64).
 - ``empty(shape, dtype, stream)``, ``zeros(shape, dtype, stream)``: device allocation.
+- ``split_index`` (device function): flat grid-stride index -> (plane, row, col).
+- ``output_of_tap`` (device function): the output a window tap maps an input index to,
+  for gather-style backward kernels.
 - ``SHARED_BYTES``: the static/dynamic shared-memory budget a kernel may plan for
   (48 KiB: the default per-block limit without opt-in).
 
@@ -96,10 +99,30 @@ def zeros(shape, dtype, stream=0):
     return fill(empty(shape, dtype, stream), 0, stream)
 
 
+@cuda.jit(device=True)
+def split_index(i, rows, cols):
+    """A flat index over (planes, rows, cols) -> (plane, row, col)."""
+    t = i // cols
+    return t // rows, t % rows, i % cols
+
+
+@cuda.jit(device=True)
+def output_of_tap(i, tap, pad, dil, stride, out_n):
+    """Along one axis: the output whose window's tap `tap` reads input `i`, or -1.
+
+    Gather-style backward kernels invert ``i = o * stride - pad + tap * dil`` with it.
+    """
+    t = i + pad - tap * dil
+    if t < 0 or t % stride != 0:
+        return -1
+    o = t // stride
+    return o if o < out_n else -1
+
+
 def grid_yz(n: int) -> int:
     """A gridDim.y/z of at most 65535 for n work items; kernels loop over the rest."""
     return max(1, min(int(n), MAX_GRID_YZ))
 
 
 __all__ = ["kernel_factory", "cdiv", "pow2_at_least", "pow2_at_most", "stream_or_default",
-           "launch_1d", "empty", "zeros", "fill", "grid_yz", "SHARED_BYTES"]
+           "launch_1d", "empty", "zeros", "fill", "grid_yz", "split_index", "output_of_tap", "SHARED_BYTES"]

@@ -22,7 +22,7 @@ import numpy as np
 from numba import cuda
 
 from . import _kernels
-from ._kernels import kernel_factory, stream_or_default
+from ._kernels import kernel_factory, output_of_tap, split_index, stream_or_default
 
 
 @kernel_factory
@@ -39,10 +39,7 @@ def _make_max_forward(dtype_name: str, write_values: bool):
         i = cuda.grid(1)
         step = cuda.gridsize(1)
         while i < total:
-            ow = i % out_w
-            t = i // out_w
-            oh = t % out_h
-            plane = t // out_h
+            plane, oh, ow = split_index(i, out_h, out_w)
             best = ninf
             best_index = -1
             for p in range(kh):
@@ -82,25 +79,16 @@ def _make_max_backward(dtype_name: str):
         i = cuda.grid(1)
         step = cuda.gridsize(1)
         while i < total:
-            c = i % width
-            t = i // width
-            r = t % height
-            plane = t // height
+            plane, r, c = split_index(i, height, width)
             me = r * width + c
             acc = zero
             for p in range(kh):
-                th = r + pt - p * dh
-                if th < 0 or th % sh != 0:
-                    continue
-                oh = th // sh
-                if oh >= out_h:
+                oh = output_of_tap(r, p, pt, dh, sh, out_h)
+                if oh < 0:
                     continue
                 for q in range(kw):
-                    tw = c + pl - q * dw
-                    if tw < 0 or tw % sw != 0:
-                        continue
-                    ow = tw // sw
-                    if ow >= out_w:
+                    ow = output_of_tap(c, q, pl, dw, sw, out_w)
+                    if ow < 0:
                         continue
                     if indices[plane, oh, ow] == me:
                         acc += grad_out[plane, oh, ow]
@@ -145,10 +133,7 @@ def _make_avg_forward(dtype_name: str):
         i = cuda.grid(1)
         step = cuda.gridsize(1)
         while i < total:
-            ow = i % out_w
-            t = i // out_w
-            oh = t % out_h
-            plane = t // out_h
+            plane, oh, ow = split_index(i, out_h, out_w)
             h0, h1, w0, w1, div = _avg_window(oh, ow, height, width, kh, kw, sh, sw,
                                               pt, pb, pl, pr, count_include_pad, divisor)
             acc = zero
@@ -176,24 +161,15 @@ def _make_avg_backward(dtype_name: str):
         i = cuda.grid(1)
         step = cuda.gridsize(1)
         while i < total:
-            c = i % width
-            t = i // width
-            r = t % height
-            plane = t // height
+            plane, r, c = split_index(i, height, width)
             acc = zero
             for p in range(kh):
-                th = r + pt - p
-                if th < 0 or th % sh != 0:
-                    continue
-                oh = th // sh
-                if oh >= out_h:
+                oh = output_of_tap(r, p, pt, 1, sh, out_h)
+                if oh < 0:
                     continue
                 for q in range(kw):
-                    tw = c + pl - q
-                    if tw < 0 or tw % sw != 0:
-                        continue
-                    ow = tw // sw
-                    if ow >= out_w:
+                    ow = output_of_tap(c, q, pl, 1, sw, out_w)
+                    if ow < 0:
                         continue
                     _, _, _, _, div = _avg_window(oh, ow, height, width, kh, kw, sh, sw,
                                                   pt, pb, pl, pr, count_include_pad,
