@@ -49,6 +49,24 @@ def _nb_dtype(name):
 # Forward
 # --------------------------------------------------------------------------
 
+@cuda.jit(device=True)
+def _stage_weights(w, s_w, wsize, k0, nk, c0, nc, c_len, tid, nthreads):
+    """The block's threads copy w[k0:k0+nk, c0:c0+nc] into shared s_w[:wsize], laid out
+    [k, c_len, kh, kw]; slots past nk or nc are zeroed (they are multiplied, not skipped)."""
+    kh, kw = w.shape[2], w.shape[3]
+    for e in range(tid, wsize, nthreads):
+        q = e % kw
+        t = e // kw
+        p = t % kh
+        t = t // kh
+        c = t % c_len
+        k = t // c_len
+        if k < nk and c < nc:
+            s_w[e] = w[k0 + k, c0 + c, p, q]
+        else:
+            s_w[e] = 0
+
+
 @kernel_factory
 def _make_forward(dtype_name: str, KB: int, PX: int):
     dt = _nb_dtype(dtype_name)
@@ -95,17 +113,7 @@ def _make_forward(dtype_name: str, KB: int, PX: int):
             for c0 in range(0, cg, cc_chunk):
                 ncc = min(cc_chunk, cg - c0)
                 cbase = g * cg + c0
-                for e in range(tid, wsize, nthreads):
-                    q = e % kw
-                    t = e // kw
-                    p = t % kh
-                    t = t // kh
-                    cc = t % cc_chunk
-                    kk = t // cc_chunk
-                    v = zero
-                    if kk < nk and cc < ncc:
-                        v = w[k0 + kk, c0 + cc, p, q]
-                    s_w[e] = v
+                _stage_weights(w, s_w, wsize, k0, nk, c0, ncc, cc_chunk, tid, nthreads)
                 if use_smem:
                     for e in range(tid, cc_chunk * pr * pc, nthreads):
                         col = e % pc
@@ -260,17 +268,7 @@ def _make_grad_input(dtype_name: str, CB: int, PX: int):
                 acc[a] = zero
             for k0 in range(0, kg, kc_chunk):
                 nkc = min(kc_chunk, kg - k0)
-                for e in range(tid, wsize, nthreads):
-                    q = e % kw
-                    t = e // kw
-                    p = t % kh
-                    t = t // kh
-                    cb = t % CB
-                    kc = t // CB
-                    v = zero
-                    if kc < nkc and cb < ncb:
-                        v = w[g * kg + k0 + kc, c0 + cb, p, q]
-                    s_w[e] = v
+                _stage_weights(w, s_w, wsize, g * kg + k0, nkc, c0, ncb, CB, tid, nthreads)
                 cuda.syncthreads()
                 if ih < height:
                     for p in range(kh):
