@@ -125,4 +125,5 @@ def grid_yz(n: int) -> int:
 
 
 __all__ = ["kernel_factory", "cdiv", "pow2_at_least", "pow2_at_most", "stream_or_default",
-           "launch_1d", "empty", "zeros", "fill", "grid_yz", "split_index", "output_of_tap", "SHARED_BYTES"]
+           "launch_1d", "empty", "zeros", "fill", "grid_yz", "split_index", "output_of_tap",
+           "SHARED_BYTES"]
