@@ -95,12 +95,17 @@ def test_the_grid_covers_every_value():
 VARIANTS = ["direct", "direct-channels-inner", "im2col"]
 
 
+def _use_variant(variant, monkeypatch):
+    """Force the variant's direct loop order; -> the `algorithm` to pass."""
+    monkeypatch.setattr(direct, "CHANNELS_INNER_MIN",
+                        1 if variant == "direct-channels-inner" else 10**9)
+    return variant.split("-")[0]
+
+
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_forward_matches_reference(case, variant, monkeypatch):
-    algorithm = variant.split("-")[0]
-    monkeypatch.setattr(direct, "CHANNELS_INNER_MIN",
-                        1 if variant == "direct-channels-inner" else 10**9)
+    algorithm = _use_variant(variant, monkeypatch)
     s, p, d, _ = _geometry(case)
     for dtype in DTYPES:
         x, w, b = _data(case, dtype)

@@ -12,12 +12,11 @@ import pytest
 
 import fastconv as fc
 from fastconv import reference
-from fastconv.cpu import direct
 from fastconv.shapes import conv_geometry, pool_geometry
 
 from .conftest import assert_close
 from .test_conv_cpu import (ALGORITHMS, CASES, DTYPES, VARIANTS, _case_id, _data, _geometry,
-                            _kwargs)
+                            _kwargs, _use_variant)
 
 # three in five: every kernel size, stride and padding form still appears
 GRID = [case for i, case in enumerate(CASES) if i % 5 in (0, 2, 3)]
@@ -33,9 +32,7 @@ def test_the_gradient_grid_covers_the_forward_grid():
 @pytest.mark.parametrize("case", GRID, ids=_case_id)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_conv_gradients_match_reference(case, variant, monkeypatch):
-    algorithm = variant.split("-")[0]
-    monkeypatch.setattr(direct, "CHANNELS_INNER_MIN",
-                        1 if variant == "direct-channels-inner" else 10**9)
+    algorithm = _use_variant(variant, monkeypatch)
     s, p, d, out_hw = _geometry(case)
     g = case["groups"]
     for dtype in DTYPES:
