@@ -1,6 +1,6 @@
 """Small helpers shared by the CPU kernels (no kernels compile here at import).
 
-Caution when editing `valid_range`: numba's on-disk cache of a kernel is keyed
+Caution when editing a helper here: numba's on-disk cache of a kernel is keyed
 on the kernel's own source file, not on the helpers it calls, so after changing
 a helper here, clear the caches (`fastconv.jitcache.reset_kernel_caches()` or
 delete `fastconv/cpu/__pycache__/*.nb[ic]`) or the kernels keep the old code.
@@ -44,3 +44,14 @@ def valid_range(offset, stride, size, out_size):
     if j1 < j0:
         j1 = j0
     return j0, j1
+
+
+@numba.njit(**HELPER)
+def output_of_tap(i, tap, pad, dil, stride, out_size):
+    """Along one axis: the output whose window's tap `tap` reads input `i`, or -1
+    (gather-style backward kernels invert i = o*stride - pad + tap*dil with it)."""
+    t = i + pad - tap * dil
+    if t < 0 or t % stride != 0:
+        return -1
+    o = t // stride
+    return o if o < out_size else -1

@@ -25,7 +25,7 @@ import numpy as np
 from numba import prange
 
 from ..config import config
-from ._common import HELPER, KERNEL, bias_or_zeros, readonly, valid_range
+from ._common import HELPER, KERNEL, bias_or_zeros, output_of_tap, readonly, valid_range
 
 # Groups with at least this many output channels (forward) or input channels
 # (grad_input) vectorise over those channels (`*_channels_inner`); fewer
@@ -150,11 +150,8 @@ def _grad_input(go, w, gi, sh, sw, pt, pl, dh, dw, groups):
         for s in range(width):
             girow[s] = 0
         for p in range(kh):
-            num = r + pt - p * dh
-            if num < 0 or num % sh != 0:
-                continue
-            i = num // sh
-            if i >= out_h:
+            i = output_of_tap(r, p, pt, dh, sh, out_h)
+            if i < 0:
                 continue
             for q in range(kw):
                 off = q * dw - pl
@@ -185,11 +182,8 @@ def _grad_input_channels_inner(go, wt, gi, sh, sw, pt, pl, dh, dw, groups):
         n = rest // groups
         acc = np.zeros((width, cg), dtype=gi.dtype)
         for p in range(kh):
-            num = r + pt - p * dh
-            if num < 0 or num % sh != 0:
-                continue
-            i = num // sh
-            if i >= out_h:
+            i = output_of_tap(r, p, pt, dh, sh, out_h)
+            if i < 0:
                 continue
             for q in range(kw):
                 off = q * dw - pl
