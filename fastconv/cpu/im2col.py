@@ -243,6 +243,15 @@ def _views(space, rows, k_out, nb, th, tw, size):
     return cols, buf
 
 
+def _grad_out_operand(go3, gor, buf, n0, i0, j0, th, tw):
+    """A tile's grad_out as the GEMM operand (k_out, nb*th*tw): image n0 of go3 itself
+    for a whole-image tile (no buf), else packed into buf."""
+    if buf is None:
+        return go3[n0]
+    _pack_out(gor, buf, n0, i0, j0, th, tw)
+    return buf.reshape(buf.shape[0], buf.shape[1] * th * tw)
+
+
 def _geometry(stride, padding, dilation):
     top, _, left, _ = padding
     return stride[0], stride[1], top, left, dilation[0], dilation[1]
@@ -320,11 +329,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, 
     go3 = grad_out.reshape(n, k_out, -1)
     for n0, nb, i0, th, j0, tw in _tiles(n, out_hw, tile):
         dcols, buf = _views(space, rows, k_out, nb, tile[1], tile[2], th * tw)
-        if buf is None:
-            buf2 = go3[n0]
-        else:
-            _pack_out(gor, buf, n0, i0, j0, th, tw)
-            buf2 = buf.reshape(k_out, nb * th * tw)
+        buf2 = _grad_out_operand(go3, gor, buf, n0, i0, j0, th, tw)
         dcols2 = dcols.reshape(rows, nb * th * tw)
         for g in range(groups):
             np.matmul(w2[g * kg:(g + 1) * kg].T, buf2[g * kg:(g + 1) * kg],
@@ -363,11 +368,7 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
     for n0, nb, i0, th, j0, tw in _tiles(n, out_hw, tile):
         cols, buf = _views(space, rows, k_out, nb, tile[1], tile[2], th * tw)
         _pack(xr, cols, n0, i0, j0, th, tw, kh, kw, *geometry)
-        if buf is None:
-            buf2 = go3[n0]
-        else:
-            _pack_out(gor, buf, n0, i0, j0, th, tw)
-            buf2 = buf.reshape(k_out, nb * th * tw)
+        buf2 = _grad_out_operand(go3, gor, buf, n0, i0, j0, th, tw)
         cols2 = cols.reshape(rows, nb * th * tw)
         for g in range(groups):
             np.matmul(buf2[g * kg:(g + 1) * kg], cols2[g * rg:(g + 1) * rg].T, out=partial)
