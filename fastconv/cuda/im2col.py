@@ -213,15 +213,6 @@ def _i(v):
     return np.int64(v)
 
 
-def launch_dims(n: int):
-    """(blocks, threads) for a grid-stride kernel over n items. Under the simulator
-    (a Python thread per CUDA thread, started per block) 2 blocks of 8 threads:
-    the grid-stride loops still run on several threads and blocks, 40x faster."""
-    if gemm._simulator():
-        return 2, 8
-    return launch_1d(n, 256)
-
-
 def _is_pointwise(kernel_hw, stride, padding, dilation):
     return tuple(kernel_hw) == (1, 1) and tuple(stride) == (1, 1) and not any(padding)
 
@@ -325,7 +316,8 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, 
                             stream=stream)
                 cg_lo, cg_hi = r0 // (kh * kw), (r0 + rn - 1) // (kh * kw)
                 n_cnt, cg_cnt = n_hi - n_lo + 1, cg_hi - cg_lo + 1
-                blocks, threads = launch_dims(n_cnt * gn * cg_cnt * h * w)
+                blocks, threads = launch_1d(n_cnt * gn * cg_cnt * h * w,
+                                            small_in_simulator=True)
                 col2im[blocks, threads, stream](
                     cols, gx, _i(g0), _i(r0), _i(j0), _i(n_lo), _i(n_cnt), _i(cg_lo),
                     _i(cg_cnt), _i(cg), _i(kh), _i(kw), _i(stride[0]), _i(stride[1]),

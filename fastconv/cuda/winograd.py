@@ -59,8 +59,7 @@ from numba import cuda
 
 from ..config import config
 from . import gemm
-from ._kernels import empty, kernel_factory, stream_or_default
-from .im2col import launch_dims
+from ._kernels import empty, kernel_factory, launch_1d, stream_or_default
 
 TILES = (2, 4)
 
@@ -330,7 +329,7 @@ def _winograd(x, weight, bias, pt, pl, out_shape, groups, flip, m, stream, gemm_
     out = empty(out_shape, dtype, stream)
 
     u = empty((alpha2 * groups, keg, ceg), dtype, stream)
-    blocks, threads = launch_dims(k_eff * ceg)
+    blocks, threads = launch_1d(k_eff * ceg, small_in_simulator=True)
     filt[blocks, threads, stream](weight, u, np.int64(groups), np.int64(keg), bool(flip))
 
     tiles_h, tiles_w = math.ceil(out_h / m), math.ceil(out_w / m)
@@ -343,12 +342,12 @@ def _winograd(x, weight, bias, pt, pl, out_shape, groups, flip, m, stream, gemm_
     bias_arr = bias if has_bias else empty((1,), dtype, stream)
     i64 = np.int64
     for t0 in range(0, n_tiles, tc):
-        blocks, threads = launch_dims(c_in * tc)
+        blocks, threads = launch_1d(c_in * tc, small_in_simulator=True)
         inp[blocks, threads, stream](x, v, i64(groups), i64(t0), i64(n_tiles), i64(pt),
                                      i64(pl), i64(tiles_w), i64(tiles_img))
         gemm.launch(u, v, mm, keg, tc, ceg, alpha2 * groups, config=gemm_config,
                     stream=stream)
-        blocks, threads = launch_dims(k_eff * tc)
+        blocks, threads = launch_1d(k_eff * tc, small_in_simulator=True)
         outp[blocks, threads, stream](mm, out, bias_arr, has_bias, i64(groups), i64(t0),
                                       i64(n_tiles), i64(tiles_w), i64(tiles_img))
     return out
