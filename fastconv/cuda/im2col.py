@@ -169,10 +169,12 @@ def _make_col2im(dtype_name: str):
             cg = cg_lo + cgl
             c = (g0 + g) * cg_ + cg
             acc = dt(0)
+            # _kernels.output_of_tap inlined, on purpose: this hot loop breaks early
+            # (hh only decreases with p) and skips the modulo/division at stride 1
             for p in range(kh):
                 hh = h + pt - p * dh
                 if hh < 0:
-                    break          # hh only decreases with p
+                    break
                 if sh == 1:
                     oh = hh
                 elif hh % sh != 0:
