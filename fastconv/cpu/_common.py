@@ -55,3 +55,27 @@ def output_of_tap(i, tap, pad, dil, stride, out_size):
         return -1
     o = t // stride
     return o if o < out_size else -1
+
+
+def grad_input_as_forward(grad_out, weight, padding, dilation, groups):
+    """grad_input of a stride-1 convolution as a forward one: the 'full' correlation
+    of grad_out with the kernel rotated by 180 degrees and its in/out channels
+    swapped per group. Returns (grad_out', weight', padding') for a forward call
+    whose output is grad_input's shape.
+
+    Forward padding (top, bottom, left, right) becomes (kh-1)*dh - top, ...; where
+    that is negative, the grad_out rows/columns that only saw padding are cropped
+    instead."""
+    c_out, c_per_group, kh, kw = weight.shape
+    k_per_group = c_out // groups
+    rotated = (weight[:, :, ::-1, ::-1]
+               .reshape(groups, k_per_group, c_per_group, kh, kw)
+               .transpose(0, 2, 1, 3, 4)
+               .reshape(groups * c_per_group, k_per_group, kh, kw))
+    reach = ((kh - 1) * dilation[0],) * 2 + ((kw - 1) * dilation[1],) * 2
+    new_padding = [r - p for r, p in zip(reach, padding)]
+    crops = [max(0, -p) for p in new_padding]
+    out_h, out_w = grad_out.shape[2:]
+    grad_out = grad_out[:, :, crops[0]:out_h - crops[1], crops[2]:out_w - crops[3]]
+    return (np.ascontiguousarray(grad_out), np.ascontiguousarray(rotated),
+            tuple(max(0, p) for p in new_padding))

@@ -25,12 +25,41 @@ import numpy as np
 from numba import prange
 
 from ..config import config
-from ._common import HELPER, KERNEL, bias_or_zeros, output_of_tap, readonly, valid_range
+from ._common import (HELPER, KERNEL, bias_or_zeros, grad_input_as_forward, output_of_tap,
+                      readonly, valid_range)
 
 # Groups with at least this many output channels (forward) or input channels
 # (grad_input) vectorise over those channels (`*_channels_inner`); fewer
 # (depthwise, tiny layers) vectorise over output columns.
 CHANNELS_INNER_MIN = 16
+
+
+# The inner loops below run over views that start at index 0 (`_tap_view`, row[j0:j1]):
+# with an offset index (row[j * sw + off]) LLVM cannot rule out a negative index,
+# numba's wraparound check stays in the loop and it does not vectorise (measured
+# 2-4x slower on depthwise and single-channel layers).
+
+@numba.njit(**HELPER)
+def _tap_view(row, j0, off, stride):
+    """row[j * stride + off] for j = j0, j0 + 1, ... as a view indexed from 0."""
+    start = j0 * stride + off
+    if stride == 1:
+        return row[start:]
+    return row[start::stride]
+
+
+@numba.njit(**HELPER)
+def _axpy(dst, a, src):
+    """dst += a * src over the shorter of the two (one is an open-ended tap view)."""
+    for j in range(min(dst.shape[0], src.shape[0])):
+        dst[j] += a * src[j]
+
+
+@numba.njit(**HELPER)
+def _fma(dst, u, v):
+    """dst += u * v elementwise over dst's length (v may be longer)."""
+    for j in range(dst.shape[0]):
+        dst[j] += u[j] * v[j]
 
 
 @numba.njit(**KERNEL)
@@ -63,29 +92,66 @@ def _forward(x, w, bias, out, sh, sw, pt, pl, dh, dw, groups):
             for q in range(kw):
                 off = q * dw - pl
                 j0, j1 = valid_range(off, sw, width, out_w)
+                if j1 <= j0:
+                    continue
                 for cc in range(cg):
-                    xrow = x[n, g * cg + cc, r]
+                    xs = _tap_view(x[n, g * cg + cc, r], j0, off, sw)
                     if nk == 4:
                         w0 = w[k0, cc, p, q]
                         w1 = w[k0 + 1, cc, p, q]
                         w2 = w[k0 + 2, cc, p, q]
                         w3 = w[k0 + 3, cc, p, q]
-                        o0 = out[n, k0, i]
-                        o1 = out[n, k0 + 1, i]
-                        o2 = out[n, k0 + 2, i]
-                        o3 = out[n, k0 + 3, i]
-                        for j in range(j0, j1):
-                            v = xrow[j * sw + off]
+                        o0 = out[n, k0, i, j0:j1]
+                        o1 = out[n, k0 + 1, i, j0:j1]
+                        o2 = out[n, k0 + 2, i, j0:j1]
+                        o3 = out[n, k0 + 3, i, j0:j1]
+                        for j in range(j1 - j0):
+                            v = xs[j]
                             o0[j] += w0 * v
                             o1[j] += w1 * v
                             o2[j] += w2 * v
                             o3[j] += w3 * v
                     else:
                         for kk in range(nk):
-                            wv = w[k0 + kk, cc, p, q]
-                            orow = out[n, k0 + kk, i]
-                            for j in range(j0, j1):
-                                orow[j] += wv * xrow[j * sw + off]
+                            _axpy(out[n, k0 + kk, i, j0:j1], w[k0 + kk, cc, p, q], xs)
+
+
+@numba.njit(**KERNEL)
+def _forward_planes(x, w, bias, out, sh, sw, pt, pl, dh, dw, groups):
+    """Forward for one input channel per group (depthwise): a thread owns one output
+    plane. The plane's input is copied once into a zero-padded buffer of width
+    `span_w`; then every kernel tap is ONE long vector loop over the flattened
+    plane, acc[u] += w * xpad[u + tap offset], u = row * span_w + column, which
+    also computes (and later drops) the columns between output columns and the
+    rows between output rows of a strided convolution: at most sh*sw times the
+    multiplies, all in long unit-stride loops instead of a short loop per row."""
+    n_img, c_in, height, width = x.shape
+    k_out, _, kh, kw = w.shape
+    out_h, out_w = out.shape[2], out.shape[3]
+    kg = k_out // groups
+    span_h = (out_h - 1) * sh + (kh - 1) * dh + 1     # padded input rows read
+    span_w = (out_w - 1) * sw + (kw - 1) * dw + 1
+    length = ((out_h - 1) * sh) * span_w + (out_w - 1) * sw + 1
+    r0, r1 = max(0, -pt), min(height, span_h - pt)    # input rows inside the span
+    s0, s1 = max(0, -pl), min(width, span_w - pl)
+    for t in prange(n_img * k_out):
+        k = t % k_out
+        n = t // k_out
+        xpad = np.zeros(span_h * span_w, dtype=out.dtype)
+        if s1 > s0:
+            for r in range(r0, r1):
+                start = (r + pt) * span_w + s0 + pl
+                _axpy(xpad[start:start + s1 - s0], 1, x[n, k // kg, r, s0:s1])
+        acc = np.full(length, bias[k], dtype=out.dtype)
+        for p in range(kh):
+            for q in range(kw):
+                start = p * dh * span_w + q * dw
+                _axpy(acc, w[k, 0, p, q], xpad[start:start + length])
+        for i in range(out_h):
+            dst = out[n, k, i]
+            src = acc[i * sh * span_w:]
+            for j in range(out_w):
+                dst[j] = src[j * sw]
 
 
 @numba.njit(**KERNEL)
@@ -156,12 +222,12 @@ def _grad_input(go, w, gi, sh, sw, pt, pl, dh, dw, groups):
             for q in range(kw):
                 off = q * dw - pl
                 j0, j1 = valid_range(off, sw, width, out_w)
+                if j1 <= j0:
+                    continue
+                dst = _tap_view(girow, j0, off, sw)
                 for kk in range(kg):
                     k = g * kg + kk
-                    wv = w[k, cc, p, q]
-                    gorow = go[n, k, i]
-                    for j in range(j0, j1):
-                        girow[j * sw + off] += wv * gorow[j]
+                    _axpy(dst, w[k, cc, p, q], go[n, k, i, j0:j1])
 
 
 @numba.njit(**KERNEL)
@@ -230,9 +296,9 @@ def _grad_weight(go, x, gw, sh, sw, pt, pl, dh, dw, groups):
                     for q in range(kw):
                         off = q * dw - pl
                         j0, j1 = valid_range(off, sw, width, out_w)
-                        a = acc[p * kw + q]
-                        for j in range(j0, j1):
-                            a[j] += gorow[j] * xrow[j * sw + off]
+                        if j1 > j0:
+                            _fma(acc[p * kw + q, j0:j1], gorow[j0:j1],
+                                 _tap_view(xrow, j0, off, sw))
         for p in range(kh):
             for q in range(kw):
                 a = acc[p * kw + q]
@@ -302,13 +368,20 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
         _forward_channels_inner(readonly(x), wt, b, out, stride[0], stride[1], top, left,
                                 dilation[0], dilation[1], groups)
     else:
-        _forward(readonly(x), readonly(weight), b, out, stride[0], stride[1], top, left,
-                 dilation[0], dilation[1], groups)
+        kernel = _forward_planes if weight.shape[1] == 1 else _forward
+        kernel(readonly(x), readonly(weight), b, out, stride[0], stride[1], top, left,
+               dilation[0], dilation[1], groups)
     return out
 
 
 def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups):
-    """Gradient with respect to the input, gathered per input row."""
+    """Gradient with respect to the input, gathered per input row; depthwise at
+    stride 1 as the forward `_forward_planes` of the rotated kernel."""
+    if tuple(stride) == (1, 1) and weight.shape[0] == groups and weight.shape[1] == 1:
+        grad_out, rotated, new_padding = grad_input_as_forward(grad_out, weight, padding,
+                                                               dilation, groups)
+        return conv2d(grad_out, rotated, None, (1, 1), new_padding, dilation, groups,
+                      tuple(input_shape[2:]))
     gi = np.empty(tuple(input_shape), dtype=grad_out.dtype)
     top, _, left, _ = padding
     if weight.shape[1] >= CHANNELS_INNER_MIN:

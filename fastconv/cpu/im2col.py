@@ -31,11 +31,29 @@ from numba import prange
 
 from ..config import config
 from . import direct
-from ._common import KERNEL, readonly, valid_range
+from ._common import HELPER, KERNEL, readonly, valid_range
 
 # --------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------
+
+
+@numba.njit(**HELPER)
+def _zero(dst):
+    for m in range(dst.shape[0]):
+        dst[m] = 0
+
+
+@numba.njit(**HELPER)
+def _copy(dst, src):
+    for m in range(dst.shape[0]):
+        dst[m] = src[m]
+
+
+@numba.njit(**HELPER)
+def _add(dst, src):
+    for m in range(dst.shape[0]):
+        dst[m] += src[m]
 
 
 @numba.njit(**KERNEL)
@@ -55,10 +73,11 @@ def _pack(x, cols, n0, i0, j0, th, tw, kh, kw, sh, sw, pt, pl, dh, dw):
         lo, hi = valid_range(off + j0 * sw, sw, width, tw)
         roff = p * dh - pt + i0 * sh
         ii0, ii1 = valid_range(roff, sh, height, th)
-        for m in range(ii0 * tw):
-            dst[m] = 0
-        for m in range(ii1 * tw, th * tw):
-            dst[m] = 0
+        # Every copy loop below runs over views sliced to start at index 0: an offset
+        # index (dst[base + jj]) may be negative for all LLVM knows, and numba's
+        # negative-index wraparound then stops it vectorising (measured 2-4x slower).
+        _zero(dst[:ii0 * tw])
+        _zero(dst[ii1 * tw:])
         if ii1 == ii0:
             continue
         plane = x[n0 + b, c]
@@ -68,25 +87,20 @@ def _pack(x, cols, n0, i0, j0, th, tw, kh, kw, sh, sw, pt, pl, dh, dw):
             flat = plane.reshape(height * width)
             shift = roff * width + off + j0
             m0 = max(ii0 * tw, -shift)
-            m1 = min(ii1 * tw, height * width - shift)
-            for m in range(m0, m1):
-                dst[m] = flat[m + shift]
+            m1 = max(m0, min(ii1 * tw, height * width - shift))
+            _copy(dst[m0:m1], flat[m0 + shift:m1 + shift])
             for ii in range(ii0, ii1):
-                for jj in range(lo):
-                    dst[ii * tw + jj] = 0
-                for jj in range(hi, tw):
-                    dst[ii * tw + jj] = 0
+                _zero(dst[ii * tw:ii * tw + lo])
+                _zero(dst[ii * tw + hi:(ii + 1) * tw])
             continue
         coff = off + j0 * sw
         for ii in range(ii0, ii1):
             xrow = plane[ii * sh + roff]
             base = ii * tw
-            for jj in range(lo):
-                dst[base + jj] = 0
-            for jj in range(lo, hi):
-                dst[base + jj] = xrow[jj * sw + coff]
-            for jj in range(hi, tw):
-                dst[base + jj] = 0
+            _zero(dst[base:base + lo])
+            if hi > lo:
+                _copy(dst[base + lo:base + hi], xrow[lo * sw + coff:(hi - 1) * sw + coff + 1:sw])
+            _zero(dst[base + hi:base + tw])
 
 
 @numba.njit(**KERNEL)
@@ -111,10 +125,10 @@ def _col2im(dcols, gi, n0, i0, j0, th, tw, kh, kw, sh, sw, pt, pl, dh, dw):
                     r = (i0 + ii) * sh - pt + p * dh
                     if r < 0 or r >= height:
                         continue
-                    girow = plane[r]
-                    base = ii * tw - j0
-                    for j in range(lo, hi):
-                        girow[j * sw + off] += src[base + j]
+                    if hi > lo:
+                        base = ii * tw - j0
+                        _add(plane[r, lo * sw + off:(hi - 1) * sw + off + 1:sw],
+                             src[base + lo:base + hi])
 
 
 def _unpack(buf, bias, out, n0, i0, j0, th, tw):

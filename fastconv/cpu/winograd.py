@@ -32,7 +32,7 @@ from numba import prange
 
 from ..config import config
 from . import direct
-from ._common import KERNEL, bias_or_zeros
+from ._common import KERNEL, bias_or_zeros, grad_input_as_forward
 
 R = 3                               # kernel size Winograd serves
 DEFAULT_TILE = 4                    # F(4x4, 3x3)
@@ -346,29 +346,12 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw, tile=DEFA
 
 def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups,
                       tile=DEFAULT_TILE):
-    """grad_input of a 3x3 stride-1 convolution: a 'full' convolution of grad_out
-    with the kernel rotated by 180 degrees and in/out channels swapped (per group).
-
-    Forward padding (top, bottom, left, right) becomes (2 - top, 2 - bottom, ...);
-    where that is negative, the grad_out rows/columns that only saw padding are
-    cropped instead.
-    """
-    n, c_in, height, width = input_shape
-    c_out = weight.shape[0]
-    k_per_group, c_per_group = c_out // groups, c_in // groups
-    rotated = (weight[:, :, ::-1, ::-1]
-               .reshape(groups, k_per_group, c_per_group, R, R)
-               .transpose(0, 2, 1, 3, 4)
-               .reshape(c_in, k_per_group, R, R))
-    rotated = np.ascontiguousarray(rotated)
-    new_padding = [R - 1 - p for p in padding]
-    crops = [max(0, -p) for p in new_padding]
-    new_padding = tuple(max(0, p) for p in new_padding)
-    out_h, out_w = grad_out.shape[2:]
-    grad_out = np.ascontiguousarray(
-        grad_out[:, :, crops[0]:out_h - crops[1], crops[2]:out_w - crops[3]])
+    """grad_input of a 3x3 stride-1 convolution: a forward Winograd convolution of
+    grad_out with the rotated kernel (`_common.grad_input_as_forward`)."""
+    grad_out, rotated, new_padding = grad_input_as_forward(grad_out, weight, padding,
+                                                           (1, 1), groups)
     return conv2d(grad_out, rotated, None, (1, 1), new_padding, (1, 1), groups,
-                  (height, width), tile)
+                  tuple(input_shape[2:]), tile)
 
 
 def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups):
