@@ -365,3 +365,33 @@ def test_im2col_whole_image_tiles_and_the_tile_target(watched_workspace, rng, mo
         assert watched_workspace == [rows * pixels * 8] * 3
         assert watched_workspace[0] == im2col.workspace_bytes_needed(
             x.shape, w.shape, (10, 11), (1, 1), (1, 1, 1, 1), 8)
+
+
+@pytest.mark.parametrize("padding", [0, 1, ((3, 0), (1, 4)), "same"])
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("kernel", [(3, 3), (2, 5)])
+def test_depthwise_planes_kernel_forward_and_grad_input(rng, kernel, dilation, padding):
+    # one channel per group and per output: the padded-plane forward kernel, and
+    # grad_input at stride 1 as its forward with the rotated kernel (padding beyond
+    # the kernel's reach crops grad_out instead)
+    x = rng.standard_normal((3, 5, 9, 11))
+    w = rng.standard_normal((5, 1) + kernel)
+    kw = dict(padding=padding, dilation=dilation, groups=5, algorithm="direct")
+    y = fc.conv2d(x, w, **kw)
+    s, p, d, _ = conv_geometry(x.shape[2:], kernel, 1, padding, dilation)
+    assert_close(y, reference.conv2d(x, w, None, s, p, d, 5), np.float64)
+    go = rng.standard_normal(y.shape)
+    assert_close(fc.conv2d_grad_input(go, w, x.shape, **kw),
+                 reference.conv2d_grad_input(go, w, x.shape, s, p, d, 5), np.float64)
+
+
+def test_depthwise_planes_kernel_falls_back_when_planes_exceed_the_workspace(rng,
+                                                                           monkeypatch):
+    x = rng.standard_normal((2, 4, 40, 40)).astype(np.float32)
+    w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    expected = reference.conv2d(x, w, None, (2, 2), (1, 1, 1, 1), (1, 1), 4)
+    assert direct._planes_fit(w, (2, 2), (1, 1), (20, 20), 4)
+    monkeypatch.setattr(fc.config, "workspace_bytes", 1024)   # the row-by-row kernel answers
+    assert not direct._planes_fit(w, (2, 2), (1, 1), (20, 20), 4)
+    assert_close(fc.conv2d(x, w, stride=2, padding=1, groups=4, algorithm="direct"),
+                 expected, np.float32)

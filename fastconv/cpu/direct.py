@@ -355,6 +355,17 @@ def _grad_weight_channels_inner(got, x, gwt, n0, sh, sw, pt, pl, dh, dw, groups)
                            sh, sw, pt, pl, dh, dw, groups)
 
 
+def _planes_fit(weight, stride, dilation, out_hw, itemsize):
+    """Whether `_forward_planes` serves this convolution: one input channel per group,
+    and its two per-thread plane buffers within the workspace bound."""
+    if weight.shape[1] != 1:
+        return False
+    span_h = (out_hw[0] - 1) * stride[0] + (weight.shape[2] - 1) * dilation[0] + 1
+    span_w = (out_hw[1] - 1) * stride[1] + (weight.shape[3] - 1) * dilation[1] + 1
+    per_thread = 2 * span_h * span_w * itemsize
+    return per_thread * numba.get_num_threads() <= config.workspace_bytes
+
+
 def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
     """Forward convolution (cross-correlation); see docs/internals.md."""
     n = x.shape[0]
@@ -368,7 +379,8 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
         _forward_channels_inner(readonly(x), wt, b, out, stride[0], stride[1], top, left,
                                 dilation[0], dilation[1], groups)
     else:
-        kernel = _forward_planes if weight.shape[1] == 1 else _forward
+        kernel = _forward_planes if _planes_fit(weight, stride, dilation, out_hw,
+                                                x.dtype.itemsize) else _forward
         kernel(readonly(x), readonly(weight), b, out, stride[0], stride[1], top, left,
                dilation[0], dilation[1], groups)
     return out
