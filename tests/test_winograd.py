@@ -144,3 +144,22 @@ def test_empty_batch_through_the_api():
     gi = fc.conv2d_grad_input(np.zeros((0, 6, 9, 9), np.float32), w, x.shape, padding=1,
                               algorithm="winograd")
     assert gi.shape == x.shape
+
+
+@pytest.mark.parametrize("row_kernel_min_tiles", [1, 10**9])   # row-phase kernel, gather
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("x_shape, k, padding, groups", CASES + [((3, 2, 13, 30), 3, 2, 1)])
+def test_both_input_transforms_match_reference(x_shape, k, padding, groups, tile,
+                                               row_kernel_min_tiles, rng, monkeypatch):
+    monkeypatch.setattr(winograd, "ROW_KERNEL_MIN_TILES", row_kernel_min_tiles)
+    x, w, b, p, out_hw, _ = _case(rng, x_shape, k, padding, groups, np.float64)
+    expected = reference.conv2d(x, w, b, (1, 1), p, (1, 1), groups)
+    np.testing.assert_allclose(winograd.conv2d(x, w, b, (1, 1), p, (1, 1), groups, out_hw,
+                                               tile=tile), expected, rtol=1e-10, atol=1e-10)
+    # chunks of a few tile rows: bands that start inside an image and cross into the next
+    tiles_h, tiles_w = winograd._tile_grid(out_hw, tile)
+    alpha = tile + 2
+    row_bytes = alpha * alpha * tiles_w * (x_shape[1] + k) * 8
+    monkeypatch.setattr(winograd, "CHUNK_TARGET_BYTES", 3 * row_bytes)
+    np.testing.assert_allclose(winograd.conv2d(x, w, b, (1, 1), p, (1, 1), groups, out_hw,
+                                                   tile=tile), expected, rtol=1e-10, atol=1e-10)

@@ -33,6 +33,15 @@ def bias_or_zeros(bias, channels, dtype):
 
 
 @numba.njit(**HELPER)
+def copy(dst, src):
+    """dst[:] = src[:len(dst)]. The copy loops run over views indexed from 0: with an
+    offset index LLVM cannot rule out a negative one, numba's wraparound check then
+    stays in the loop and it does not vectorise (measured 2-4x slower)."""
+    for m in range(dst.shape[0]):
+        dst[m] = src[m]
+
+
+@numba.njit(**HELPER)
 def valid_range(offset, stride, size, out_size):
     """[j0, j1): the outputs j in [0, out_size) with 0 <= j*stride + offset < size."""
     j0 = -((offset) // stride)          # ceil(-offset / stride)

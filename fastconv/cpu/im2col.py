@@ -31,20 +31,11 @@ from numba import prange
 
 from ..config import config
 from . import direct
-from ._common import HELPER, KERNEL, readonly, valid_range
+from ._common import HELPER, KERNEL, copy, readonly, valid_range
 
 # --------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------
-
-
-@numba.njit(**HELPER)
-def _copy(dst, src):
-    """dst[:] = src[:len(dst)]. The copy loops run over views indexed from 0: with an
-    offset index LLVM cannot rule out a negative one, numba's wraparound check then
-    stays in the loop and it does not vectorise (measured 2-4x slower)."""
-    for m in range(dst.shape[0]):
-        dst[m] = src[m]
 
 
 @numba.njit(**HELPER)
@@ -75,14 +66,14 @@ def _pack(x, cols, n0, i0, j0, th, tw, kh, kw, sh, sw, pt, pl, dh, dw):
         for ii in range(th):
             r = row0 + ii * sh + p * dh
             if 0 <= r < height and s1 > s0:
-                _copy(window[ii, s0:s1], plane[r, col0 + s0:col0 + s1])
+                copy(window[ii, s0:s1], plane[r, col0 + s0:col0 + s1])
         for q in range(kw):
             dst = cols[(c * kh + p) * kw + q, b]
             for ii in range(th):
                 if sw == 1:
-                    _copy(dst[ii * tw:(ii + 1) * tw], window[ii, q * dw:])
+                    copy(dst[ii * tw:(ii + 1) * tw], window[ii, q * dw:])
                 else:
-                    _copy(dst[ii * tw:(ii + 1) * tw], window[ii, q * dw::sw])
+                    copy(dst[ii * tw:(ii + 1) * tw], window[ii, q * dw::sw])
 
 
 @numba.njit(**KERNEL)
