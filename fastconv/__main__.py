@@ -22,6 +22,12 @@ def info() -> int:
     print(f"numba    {numba.__version__}")
     print(f"cpu threads: numba uses {numba.get_num_threads()} of {os.cpu_count()} "
           f"(threading layer: {numba.config.THREADING_LAYER})")
+    import fastconv
+    wait = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    print(f"OpenBLAS idle wait: OPENBLAS_THREAD_TIMEOUT={wait} "
+          + ("(in effect)" if fastconv.BLAS_WAIT_SET_BEFORE_NUMPY else
+             "(NOT in effect: NumPy was imported before fastconv; set it in the "
+             "environment or import fastconv first, see docs/performance.md)"))
     print(f"workspace_bytes: {config.workspace_bytes} ({config.workspace_bytes / 2**20:.0f} MiB)")
     usable, why = interop.cuda_available()
     print(f"cuda: {'usable' if usable else 'not usable'} ({why})")

@@ -166,7 +166,8 @@ def main(argv=None) -> int:
     title = f"{cpu_model()} ({threads}); {when[:16]} UTC; float32"
     header = (f"## fastconv CPU benchmarks\n\nMachine: {cpu_model()}, {threads}; "
               f"Python {machine.get('python_version', '?')}; run {when}; float32, "
-              "min of the timed rounds.")
+              "min of the timed rounds; OPENBLAS_THREAD_TIMEOUT="
+              f"{machine.get('OPENBLAS_THREAD_TIMEOUT', 'unset')}.")
     text = markdown(groups, header)
     print(text)
     if args.out:
