@@ -14,31 +14,33 @@ from __future__ import annotations
 # Winograd pays a filter transform (K x C x alpha^2 values written) and input/output
 # transforms per call; it wins when the GEMM part dominates: enough channels and
 # enough output pixels per filter.
-WINOGRAD_MIN_CHANNELS = 16             # mnist_lenet (C=1): Winograd 8.4 ms vs im2col 1.25
+WINOGRAD_MIN_CHANNELS = 16             # mnist_lenet (C=1): Winograd 6.9 ms vs im2col 0.74
 WINOGRAD_MIN_CHANNELS_CUDA = 32
-# resnet50_7 (8x512x7x7, 392 pixels): im2col 12.0 ms, F(2x2) 15.8, F(4x4) 20.1: the
-# 512x512x36 filter transform (38 MB written) outweighs the GEMM savings.
-# resnet50_14 (8x256x14x14, 1568 pixels): F(2x2) 8.8 ms, F(4x4) 11.8, im2col 13.7.
+# resnet50_7 (8x512x7x7, 392 pixels): im2col 11.7 ms, F(2x2) 12.3, F(4x4) 12.7: the
+# 512x512 filter transform (4-9 MB read, 16-38 MB written per call) eats the GEMM savings.
+# resnet50_14 (8x256x14x14, 1568 pixels): F(2x2) 8.8 ms, F(4x4) 9.0, im2col 11.6.
 WINOGRAD_MIN_PIXELS = 1024             # N * out_h * out_w
-# F(2x2) beats F(4x4) on 14x14 outputs (resnet50_14, vgg16_conv5_2): 16 instead of 36
-# transformed values per filter, and 14 = 7 whole 2x2 tiles (vs 3.5 4x4 tiles: 12% waste).
+# F(2x2) is at least as fast as F(4x4) on 14x14 outputs (resnet50_14, vgg16_conv5_2
+# 28.4 vs 28.7 ms): 16 instead of 36 transformed values per filter, and 14 = 7 whole
+# 2x2 tiles (vs 3.5 4x4 tiles: 12% waste). F(4x4) wins from 28x28 up (8.4 vs 10.9 ms).
 F2_MAX_OUTPUT_PIXELS = 14 * 14         # per image: out_h * out_w
 
-# The table behind the rule: ms on this machine, one interleaved run (see
-# docs/performance.md for the full table with ratios); None: not applicable.
+# The table behind the rule: ms on this machine, one interleaved run, 2026-11-30
+# (docs/performance.md has it with ratios); None: not applicable.
 MEASURED = {
     # layer: (direct, im2col, winograd F(4x4), winograd F(2x2), numpy im2col, torch)
-    "vgg16_conv1_2 1x64x224x224": (113.5, 49.1, 31.6, 43.3, 42.1, 35.0),
-    "resnet50_56 8x64x56x56": (52.6, 32.3, 18.1, 27.9, 22.8, 17.6),
-    "resnet50_28 8x128x28x28": (45.7, 20.5, 10.8, 12.9, 13.3, 16.1),
-    "resnet50_14 8x256x14x14": (38.1, 13.7, 11.8, 8.8, 12.9, 11.5),
-    "resnet50_7 8x512x7x7": (47.7, 12.0, 20.1, 15.8, 14.1, 15.5),
-    "resnet50_1x1 8x256x56x56->64": (29.5, 6.0, None, None, 6.2, 12.1),
-    "strided_3x3 8x64x56x56 s2": (28.0, 9.2, None, None, 7.9, 9.6),
-    "conv_5x5 8x32x32x32": (17.7, 15.3, None, None, 8.0, 7.6),
-    "depthwise_3x3 8x64x56x56": (7.3, 12.2, 8.1, 10.1, 5.7, 1.35),
-    "mnist_lenet 64x1x28x28": (3.1, 1.25, 8.4, 10.4, 0.94, 0.77),
-    "small_batch_3x3 1x64x56x56": (7.7, 3.5, 2.7, 2.6, 2.1, 2.4),
+    "vgg16_conv1_2 1x64x224x224": (71.5, 30.2, 18.7, 24.0, 43.2, 18.5),
+    "vgg16_conv5_2 8x512x14x14": (96.6, 39.5, 28.7, 28.4, 44.6, 31.2),
+    "resnet50_56 8x64x56x56": (33.6, 17.1, 13.2, 14.4, 23.7, 9.5),
+    "resnet50_28 8x128x28x28": (24.1, 13.6, 8.4, 10.9, 13.8, 8.8),
+    "resnet50_14 8x256x14x14": (27.3, 11.6, 9.0, 8.8, 13.1, 8.3),
+    "resnet50_7 8x512x7x7": (28.2, 11.7, 12.7, 12.3, 14.3, 8.0),
+    "resnet50_1x1 8x256x56x56->64": (20.0, 6.3, None, None, 6.7, 7.1),
+    "strided_3x3 8x64x56x56 s2": (12.6, 7.7, None, None, 8.3, 5.0),
+    "conv_5x5 8x32x32x32": (11.9, 8.1, None, None, 8.1, 3.9),
+    "depthwise_3x3 8x64x56x56": (1.34, 6.1, 8.3, 8.2, 5.6, 1.18),
+    "mnist_lenet 64x1x28x28": (1.35, 0.74, 6.9, 9.0, 0.81, 0.46),
+    "small_batch_3x3 1x64x56x56": (3.6, 1.75, 1.51, 1.59, 2.05, 1.30),
 }
 
 
