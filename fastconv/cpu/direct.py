@@ -25,8 +25,8 @@ import numpy as np
 from numba import prange
 
 from ..config import config
-from ._common import (HELPER, KERNEL, bias_or_zeros, grad_input_as_forward, output_of_tap,
-                      readonly, valid_range)
+from ._common import (HELPER, KERNEL, bias_or_zeros, copy, grad_input_as_forward,
+                      output_of_tap, readonly, valid_range)
 
 # Groups with at least this many output channels (forward) or input channels
 # (grad_input) vectorise over those channels (`*_channels_inner`); fewer
@@ -141,7 +141,7 @@ def _forward_planes(x, w, bias, out, sh, sw, pt, pl, dh, dw, groups):
         if s1 > s0:
             for r in range(r0, r1):
                 start = (r + pt) * span_w + s0 + pl
-                _axpy(xpad[start:start + s1 - s0], 1, x[n, k // kg, r, s0:s1])
+                copy(xpad[start:start + s1 - s0], x[n, k // kg, r, s0:s1])
         acc = np.full(length, bias[k], dtype=out.dtype)
         for p in range(kh):
             for q in range(kw):
