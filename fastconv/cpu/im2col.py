@@ -136,13 +136,13 @@ def _is_pointwise(kernel_hw, stride, padding):
     return tuple(kernel_hw) == (1, 1) and tuple(stride) == (1, 1) and not any(padding)
 
 
-# Tiles are kept to about this size when the bound allows more. Measured on the
-# shared 2-core Zen4 machines (8x128x28x28, 8x64x56x56, 1x64x224x224, 3x3,
-# float32): on a quiet machine 8 MiB tiles (packed columns still in cache for the
-# GEMM) beat 32 MiB by 7-20%; under load from other processes, where every switch
-# between numba's threads (packing) and OpenBLAS's (GEMM) costs, 8 MiB lost by
-# 40-150% and 32 MiB stayed within ~10% of whole-batch tiles. 32 MiB it is.
-TILE_TARGET_BYTES = 32 * 2**20
+# Tiles are kept to about this size when the bound allows more: the packed columns
+# are then still in cache when the GEMM reads them. Measured interleaved on the 2-core
+# Zen4 machine (float32, OpenBLAS's idle threads not spinning): 8 MiB against 32 MiB,
+# 8x64x56x56 3x3 12.0 vs 15.5 ms, 1x64x224x224 24.3 vs 30.8, 5x5 6.3 vs 7.9, strided
+# 7.3 vs 7.9, backward 26.6 vs 29.2; 4 MiB is no better. (32 MiB had won only while
+# OpenBLAS's spinning threads made every switch between numba and BLAS expensive.)
+TILE_TARGET_BYTES = 8 * 2**20
 
 
 def plan_tiles(n, c_in, k_out, kernel_hw, out_hw, itemsize, bound=None, target=None):
