@@ -148,10 +148,13 @@ def _forward_planes(x, w, bias, out, sh, sw, pt, pl, dh, dw, groups):
                 start = p * dh * span_w + q * dw
                 _axpy(acc, w[k, 0, p, q], xpad[start:start + length])
         for i in range(out_h):
-            dst = out[n, k, i]
-            src = acc[i * sh * span_w:]
-            for j in range(out_w):
-                dst[j] = src[j * sw]
+            if sw == 1:   # a copy between views indexed from 0 vectorises
+                copy(out[n, k, i], acc[i * sh * span_w:])
+            else:
+                dst = out[n, k, i]
+                src = acc[i * sh * span_w:]
+                for j in range(out_w):
+                    dst[j] = src[j * sw]
 
 
 @numba.njit(**KERNEL)
