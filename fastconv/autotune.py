@@ -14,33 +14,33 @@ from __future__ import annotations
 # Winograd pays a filter transform (K x C x alpha^2 values written) and input/output
 # transforms per call; it wins when the GEMM part dominates: enough channels and
 # enough output pixels per filter.
-WINOGRAD_MIN_CHANNELS = 16             # mnist_lenet (C=1): Winograd 6.9 ms vs im2col 0.74
+WINOGRAD_MIN_CHANNELS = 16             # mnist_lenet (C=1): Winograd 6.5 ms vs im2col 0.69
 WINOGRAD_MIN_CHANNELS_CUDA = 32
-# resnet50_7 (8x512x7x7, 392 pixels): im2col 11.7 ms, F(2x2) 12.3, F(4x4) 12.7: the
-# 512x512 filter transform (4-9 MB read, 16-38 MB written per call) eats the GEMM savings.
-# resnet50_14 (8x256x14x14, 1568 pixels): F(2x2) 8.8 ms, F(4x4) 9.0, im2col 11.6.
+# resnet50_7 (8x512x7x7, 392 pixels): im2col 11.1 ms, F(2x2) 12.1, F(4x4) 12.1: the
+# 512x512 filter transform (16-38 MB written per call) eats the GEMM savings.
+# resnet50_14 (8x256x14x14, 1568 pixels): F(2x2) 8.7 ms, F(4x4) 8.9, im2col 11.4.
 WINOGRAD_MIN_PIXELS = 1024             # N * out_h * out_w
 # F(2x2) is at least as fast as F(4x4) on 14x14 outputs (resnet50_14, vgg16_conv5_2
-# 28.4 vs 28.7 ms): 16 instead of 36 transformed values per filter, and 14 = 7 whole
-# 2x2 tiles (vs 3.5 4x4 tiles: 12% waste). F(4x4) wins from 28x28 up (8.4 vs 10.9 ms).
+# 26.8 vs 27.0 ms): 16 instead of 36 transformed values per filter, and 14 = 7 whole
+# 2x2 tiles (vs 3.5 4x4 tiles: 12% waste). F(4x4) wins from 28x28 up (8.2 vs 9.6 ms).
 F2_MAX_OUTPUT_PIXELS = 14 * 14         # per image: out_h * out_w
 
 # The table behind the rule: ms on this machine, one interleaved run, 2026-11-30
-# (docs/performance.md has it with ratios); None: not applicable.
+# (docs/performance.md has it with ratios; docs/interleaved-results.json the raw run).
 MEASURED = {
     # layer: (direct, im2col, winograd F(4x4), winograd F(2x2), numpy im2col, torch)
-    "vgg16_conv1_2 1x64x224x224": (71.5, 30.2, 18.7, 24.0, 43.2, 18.5),
-    "vgg16_conv5_2 8x512x14x14": (96.6, 39.5, 28.7, 28.4, 44.6, 31.2),
-    "resnet50_56 8x64x56x56": (33.6, 17.1, 13.2, 14.4, 23.7, 9.5),
-    "resnet50_28 8x128x28x28": (24.1, 13.6, 8.4, 10.9, 13.8, 8.8),
-    "resnet50_14 8x256x14x14": (27.3, 11.6, 9.0, 8.8, 13.1, 8.3),
-    "resnet50_7 8x512x7x7": (28.2, 11.7, 12.7, 12.3, 14.3, 8.0),
-    "resnet50_1x1 8x256x56x56->64": (20.0, 6.3, None, None, 6.7, 7.1),
-    "strided_3x3 8x64x56x56 s2": (12.6, 7.7, None, None, 8.3, 5.0),
-    "conv_5x5 8x32x32x32": (11.9, 8.1, None, None, 8.1, 3.9),
-    "depthwise_3x3 8x64x56x56": (1.34, 6.1, 8.3, 8.2, 5.6, 1.18),
-    "mnist_lenet 64x1x28x28": (1.35, 0.74, 6.9, 9.0, 0.81, 0.46),
-    "small_batch_3x3 1x64x56x56": (3.6, 1.75, 1.51, 1.59, 2.05, 1.30),
+    "vgg16_conv1_2 1x64x224x224": (71.5, 24.0, 15.5, 22.4, 43.1, 18.3),
+    "vgg16_conv5_2 8x512x14x14": (113.1, 41.9, 27.0, 26.8, 43.9, 30.9),
+    "resnet50_56 8x64x56x56": (27.5, 12.2, 10.3, 12.3, 22.6, 8.8),
+    "resnet50_28 8x128x28x28": (23.9, 11.5, 8.2, 9.6, 13.5, 8.5),
+    "resnet50_14 8x256x14x14": (23.1, 11.4, 8.9, 8.7, 13.0, 8.0),
+    "resnet50_7 8x512x7x7": (27.1, 11.1, 12.1, 12.1, 13.6, 7.8),
+    "resnet50_1x1 8x256x56x56->64": (13.9, 6.1, None, None, 6.3, 6.4),
+    "strided_3x3 8x64x56x56 s2": (12.2, 6.8, None, None, 8.0, 4.7),
+    "conv_5x5 8x32x32x32": (11.8, 6.8, None, None, 7.9, 3.8),
+    "depthwise_3x3 8x64x56x56": (0.88, 3.9, 7.8, 7.4, 4.9, 0.79),
+    "mnist_lenet 64x1x28x28": (1.34, 0.69, 6.5, 8.7, 0.79, 0.47),
+    "small_batch_3x3 1x64x56x56": (3.5, 1.54, 1.54, 1.55, 1.82, 1.28),
 }
 
 
