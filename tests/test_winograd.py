@@ -163,3 +163,53 @@ def test_both_input_transforms_match_reference(x_shape, k, padding, groups, tile
     monkeypatch.setattr(winograd, "CHUNK_TARGET_BYTES", 3 * row_bytes)
     np.testing.assert_allclose(winograd.conv2d(x, w, b, (1, 1), p, (1, 1), groups, out_hw,
                                                    tile=tile), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_kept_filters_serve_only_the_same_weights(rng, monkeypatch):
+    winograd.release_workspace()
+    transforms = []
+    original = winograd.transform_filter
+    monkeypatch.setattr(winograd, "transform_filter",
+                        lambda w, tile=4, out=None: transforms.append(w.shape) or
+                        original(w, tile, out))
+    x, w, b, p, out_hw, go = _case(rng, (2, 6, 9, 11), 5, 1, 1, np.float64)
+
+    def check():
+        np.testing.assert_allclose(winograd.conv2d(x, w, b, (1, 1), p, (1, 1), 1, out_hw),
+                                   reference.conv2d(x, w, b, (1, 1), p), rtol=1e-10, atol=1e-10)
+
+    check()
+    check()
+    assert len(transforms) == 1                    # the second call reused the transform
+    w[2, 1, 0, 2] += 1.0                           # changed in place: transformed again
+    check()
+    assert len(transforms) == 2
+    w[0, 0, 0, 0] = 0.0
+    check()
+    w[0, 0, 0, 0] = -0.0                           # equal as floats, not as bits
+    check()
+    assert len(transforms) == 4
+    w = w.copy()                                   # another array: its own entry
+    check()
+    assert len(transforms) == 5
+    winograd.conv2d_grad_input(go, w, x.shape, (1, 1), p, (1, 1), 1)
+    assert len(winograd._filters) == 2             # grad_input's rotated kernel is not kept
+    winograd.release_workspace()
+    assert not winograd._filters
+
+
+def test_kept_filters_stay_within_their_bound(rng, monkeypatch):
+    winograd.release_workspace()
+    x, w, b, p, out_hw, _ = _case(rng, (1, 8, 6, 6), 8, 1, 1, np.float32)
+    entry_bytes = w.nbytes + 36 * w.shape[0] * w.shape[1] * 4
+    monkeypatch.setattr(winograd, "FILTER_CACHE_BYTES", 2 * entry_bytes)
+    weights = [w + np.float32(i) for i in range(4)]
+    for wi in weights:
+        assert_close(winograd.conv2d(x, wi, b, (1, 1), p, (1, 1), 1, out_hw),
+                     reference.conv2d(x, wi, b, (1, 1), p), np.float32)
+    assert sum(a.nbytes + u.nbytes for a, u in winograd._filters.values()) <= 2 * entry_bytes
+    assert len(winograd._filters) == 2
+    monkeypatch.setattr(winograd, "FILTER_CACHE_BYTES", entry_bytes - 1)   # too big to keep
+    winograd.release_workspace()
+    winograd.conv2d(x, weights[0], b, (1, 1), p, (1, 1), 1, out_hw)
+    assert not winograd._filters
