@@ -28,6 +28,7 @@ V and M stay within `config.workspace_bytes` (and near a cache-sized target).
 """
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from fractions import Fraction
@@ -407,12 +408,14 @@ def _kept_filter(weight, tile):
             np.copyto(kept_weight, weight)
             transform_filter(weight, tile, out=U)
         return U
+    u_shape = ((tile + R - 1) ** 2,) + weight.shape[:2]
+    if weight.nbytes + math.prod(u_shape) * weight.dtype.itemsize > FILTER_CACHE_BYTES:
+        return transform_filter(weight, tile, out=_scratch("U", u_shape, weight.dtype))
     U = transform_filter(weight, tile)
-    if weight.nbytes + U.nbytes <= FILTER_CACHE_BYTES:
-        with _filters_lock:
-            _filters[key] = (weight.copy(), U)
-            while sum(w.nbytes + u.nbytes for w, u in _filters.values()) > FILTER_CACHE_BYTES:
-                _filters.popitem(last=False)
+    with _filters_lock:
+        _filters[key] = (weight.copy(), U)
+        while sum(w.nbytes + u.nbytes for w, u in _filters.values()) > FILTER_CACHE_BYTES:
+            _filters.popitem(last=False)
     return U
 
 
