@@ -162,7 +162,7 @@ def test_both_input_transforms_match_reference(x_shape, k, padding, groups, tile
     row_bytes = alpha * alpha * tiles_w * (x_shape[1] + k) * 8
     monkeypatch.setattr(winograd, "CHUNK_TARGET_BYTES", 3 * row_bytes)
     np.testing.assert_allclose(winograd.conv2d(x, w, b, (1, 1), p, (1, 1), groups, out_hw,
-                                                   tile=tile), expected, rtol=1e-10, atol=1e-10)
+                                               tile=tile), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_kept_filters_serve_only_the_same_weights(rng, monkeypatch):

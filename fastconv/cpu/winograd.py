@@ -10,7 +10,8 @@ and the elementwise product, summed over input channels, becomes alpha^2
 independent GEMMs:  M[e] (K x T) = U[e] (K x C) @ V[e] (C x T)  for every
 tile element e, over all T tiles at once. The steps:
 
-1. filter transform  U = (G (x) G) @ w      one BLAS call over all (k, c)
+1. filter transform  U = G w G^T            numba, parallel over K; kept for the next
+                                            call with the same weights (_kept_filter)
 2. input transform   V = B^T d B            numba, parallel over channels
 3. alpha^2 GEMMs     M = U @ V              np.matmul on (alpha^2, K, C) @ (alpha^2, C, T)
 4. output transform  Y = A^T M A (+ bias)   numba, parallel over output channels
@@ -24,11 +25,10 @@ each tile's alpha x alpha values first (a band is then too short to vectorise).
 The matrices A^T, G, B^T are data, built by `winograd_matrices` from the
 interpolation points (0, 1, -1, 2, -2, ... and infinity) by Toom-Cook; the
 kernels are generic in alpha. Tiles are processed in chunks of tile rows so that
-V and M stay within `config.workspace_bytes` (and near a cache-sized target).
+V and M stay within `config.workspace_bytes` (and near CHUNK_TARGET_BYTES).
 """
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from fractions import Fraction
@@ -269,8 +269,7 @@ def _input_transform(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
 @numba.njit(**KERNEL)
 def _output_transform(M, AT, bias, out, row0, tiles_h, tiles_w):
     """out[n, k, tile] = (A^T M A) + bias[k], cropped at the bottom/right border.
-    Parallel over output channels; both steps are vector loops over the
-    tiles."""
+    Parallel over output channels; both steps are vector loops over the tiles."""
     m, alpha = AT.shape
     tiles = M.shape[2]
     chunk_rows = tiles // tiles_w
@@ -390,6 +389,13 @@ def _bits(array):
     return array.reshape(-1).view(np.int32 if array.dtype.itemsize == 4 else np.int64)
 
 
+def _transient_filter(weight, tile):
+    """U for weights that will not be seen again (or too big to keep): transformed
+    into this thread's scratch, which the next call overwrites."""
+    u_shape = ((tile + R - 1) ** 2,) + weight.shape[:2]
+    return transform_filter(weight, tile, out=_scratch("U", u_shape, weight.dtype))
+
+
 def _kept_filter(weight, tile):
     """U for `weight`: from the cache when these exact weights were transformed
     before; for an array seen before whose values changed (a training step updates
@@ -408,9 +414,9 @@ def _kept_filter(weight, tile):
             np.copyto(kept_weight, weight)
             transform_filter(weight, tile, out=U)
         return U
-    u_shape = ((tile + R - 1) ** 2,) + weight.shape[:2]
-    if weight.nbytes + math.prod(u_shape) * weight.dtype.itemsize > FILTER_CACHE_BYTES:
-        return transform_filter(weight, tile, out=_scratch("U", u_shape, weight.dtype))
+    u_bytes = weight.nbytes // (R * R) * (tile + R - 1) ** 2   # alpha^2 values per 3x3
+    if weight.nbytes + u_bytes > FILTER_CACHE_BYTES:
+        return _transient_filter(weight, tile)
     U = transform_filter(weight, tile)
     with _filters_lock:
         _filters[key] = (weight.copy(), U)
@@ -489,11 +495,8 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw, tile=DEFA
         return direct.conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw)
     if transformed_filter is not None:
         U = transformed_filter
-    elif keep_filter:
-        U = _kept_filter(weight, tile)
     else:
-        U = transform_filter(weight, tile,
-                             out=_scratch("U", (alpha * alpha,) + weight.shape[:2], x.dtype))
+        U = (_kept_filter if keep_filter else _transient_filter)(weight, tile)
     AT, BT = AT.astype(x.dtype), BT.astype(x.dtype)
     bias = bias_or_zeros(bias, c_out, x.dtype)
     out = np.empty((n, c_out) + tuple(out_hw), dtype=x.dtype)
