@@ -14,18 +14,18 @@ from __future__ import annotations
 # Winograd pays a filter transform (K x C x alpha^2 values written) and input/output
 # transforms per call; it wins when the GEMM part dominates: enough channels and
 # enough output pixels per filter.
-WINOGRAD_MIN_CHANNELS = 16             # mnist_lenet (C=1): Winograd 6.5 ms vs im2col 0.73
+WINOGRAD_MIN_CHANNELS = 16             # mnist_lenet (C=1): Winograd 6.8 ms vs im2col 0.71
 WINOGRAD_MIN_CHANNELS_CUDA = 32
-# resnet50_7 (8x512x7x7, 392 pixels): im2col 10.7 ms; Winograd 9.2 (F2) with the
+# resnet50_7 (8x512x7x7, 392 pixels): im2col 11.2 ms; Winograd 9.7 (F2) with the
 # transformed filter kept from an earlier call with the same weights, but 12.3 (F2) to
 # 15.1 (F4) when the weights are new (every training step): the 512x512 filter
 # transform writes 16-38 MB. `auto` cannot know which case a call is, so im2col.
-# resnet50_14 (8x256x14x14, 1568 pixels): F(2x2) 7.3 ms, F(4x4) 7.5, im2col 10.6.
+# resnet50_14 (8x256x14x14, 1568 pixels): F(2x2) 8.0 ms, F(4x4) 8.2, im2col 11.3.
 WINOGRAD_MIN_PIXELS = 1024             # N * out_h * out_w
 # F(2x2) is at least as fast as F(4x4) on 14x14 outputs (resnet50_14, vgg16_conv5_2
-# 23.6 vs 23.7 ms; with new weights its filter transform is half F(4x4)'s): 16 instead
+# 24.5 vs 24.6 ms; with new weights its filter transform is half F(4x4)'s): 16 instead
 # of 36 transformed values per filter, and 14 = 7 whole 2x2 tiles (vs 3.5 4x4 tiles:
-# 12% waste). F(4x4) wins from 28x28 up (7.1 vs 8.9 ms).
+# 12% waste). F(4x4) wins from 28x28 up (7.8 vs 9.0 ms).
 F2_MAX_OUTPUT_PIXELS = 14 * 14         # per image: out_h * out_w
 
 # The table behind the rule: ms on this machine, one interleaved run, 2026-11-30, the
@@ -33,18 +33,18 @@ F2_MAX_OUTPUT_PIXELS = 14 * 14         # per image: out_h * out_w
 # weights; docs/interleaved-results.json the raw run).
 MEASURED = {
     # layer: (direct, im2col, winograd F(4x4), winograd F(2x2), numpy im2col, torch)
-    "vgg16_conv1_2 1x64x224x224": (65.2, 23.7, 15.5, 22.5, 43.5, 18.3),
-    "vgg16_conv5_2 8x512x14x14": (92.0, 41.7, 23.7, 23.6, 43.7, 30.5),
-    "resnet50_56 8x64x56x56": (31.4, 11.9, 9.9, 11.9, 22.0, 8.7),
-    "resnet50_28 8x128x28x28": (28.4, 11.4, 7.1, 8.9, 13.2, 8.2),
-    "resnet50_14 8x256x14x14": (21.5, 10.6, 7.5, 7.3, 12.5, 7.8),
-    "resnet50_7 8x512x7x7": (25.7, 10.7, 9.3, 9.2, 13.8, 7.4),
-    "resnet50_1x1 8x256x56x56->64": (15.8, 5.7, None, None, 6.0, 6.2),
-    "strided_3x3 8x64x56x56 s2": (14.4, 6.5, None, None, 7.6, 4.6),
-    "conv_5x5 8x32x32x32": (12.1, 5.8, None, None, 7.6, 3.8),
-    "depthwise_3x3 8x64x56x56": (0.86, 3.9, 7.8, 7.5, 5.1, 0.83),
-    "mnist_lenet 64x1x28x28": (2.2, 0.73, 6.5, 8.6, 0.79, 0.39),
-    "small_batch_3x3 1x64x56x56": (5.7, 1.49, 1.46, 1.51, 1.76, 1.24),
+    "vgg16_conv1_2 1x64x224x224": (65.4, 24.2, 14.7, 22.2, 44.2, 18.4),
+    "vgg16_conv5_2 8x512x14x14": (97.2, 43.0, 24.6, 24.5, 44.5, 31.1),
+    "resnet50_56 8x64x56x56": (28.2, 12.5, 10.0, 11.9, 22.7, 9.2),
+    "resnet50_28 8x128x28x28": (24.4, 11.7, 7.8, 9.0, 13.5, 8.6),
+    "resnet50_14 8x256x14x14": (27.2, 11.3, 8.2, 8.0, 12.9, 8.1),
+    "resnet50_7 8x512x7x7": (26.5, 11.2, 9.8, 9.7, 13.9, 8.0),
+    "resnet50_1x1 8x256x56x56->64": (16.0, 6.2, None, None, 6.5, 7.0),
+    "strided_3x3 8x64x56x56 s2": (12.6, 7.1, None, None, 8.1, 4.9),
+    "conv_5x5 8x32x32x32": (12.7, 6.2, None, None, 8.0, 3.9),
+    "depthwise_3x3 8x64x56x56": (1.14, 4.1, 7.6, 7.4, 5.5, 1.10),
+    "mnist_lenet 64x1x28x28": (1.31, 0.71, 6.8, 8.8, 0.92, 0.46),
+    "small_batch_3x3 1x64x56x56": (3.6, 1.61, 1.40, 1.39, 1.93, 1.29),
 }
 
 
