@@ -181,6 +181,21 @@ def _mix6(C, o0, o1, o2, o3, o4, o5, i0, i1, i2, i3, i4, i5):
         o5[q] = c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3 + c54 * v4 + c55 * v5
 
 
+@numba.njit(**HELPER)
+def _mix4(C, o0, o1, o2, o3, i0, i1, i2, i3):
+    """`_mix6` for a 4x4 matrix C (alpha = 4: F(2x2))."""
+    c00, c01, c02, c03 = C[0, 0], C[0, 1], C[0, 2], C[0, 3]
+    c10, c11, c12, c13 = C[1, 0], C[1, 1], C[1, 2], C[1, 3]
+    c20, c21, c22, c23 = C[2, 0], C[2, 1], C[2, 2], C[2, 3]
+    c30, c31, c32, c33 = C[3, 0], C[3, 1], C[3, 2], C[3, 3]
+    for q in range(o0.shape[0]):
+        v0, v1, v2, v3 = i0[q], i1[q], i2[q], i3[q]
+        o0[q] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3
+        o1[q] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3
+        o2[q] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3
+        o3[q] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3
+
+
 @numba.njit(**KERNEL)
 def _input_transform_rows(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
     """V[a*alpha + b, c, t] = (B^T d B)[a, b] for the input tile d of every tile t of
@@ -238,6 +253,15 @@ def _input_transform_rows(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
                     _mix6(BT, V[b, c, t0:t1], V[6 + b, c, t0:t1], V[12 + b, c, t0:t1],
                           V[18 + b, c, t0:t1], V[24 + b, c, t0:t1], V[30 + b, c, t0:t1],
                           h[0], h[1], h[2], h[3], h[0, tiles_w:], h[1, tiles_w:])
+            elif alpha == 4:
+                for ry in range(m):
+                    p = phases[ry]
+                    _mix4(BT, hz[0, ry, :length], hz[1, ry, :length], hz[2, ry, :length],
+                          hz[3, ry, :length], p[0], p[1], p[2], p[3])
+                for b in range(alpha):
+                    h = hz[b]
+                    _mix4(BT, V[b, c, t0:t1], V[4 + b, c, t0:t1], V[8 + b, c, t0:t1],
+                          V[12 + b, c, t0:t1], h[0], h[1], h[0, tiles_w:], h[1, tiles_w:])
             else:
                 for b in range(alpha):
                     for ry in range(m):
@@ -266,6 +290,7 @@ def _input_transform_gather(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
         d = np.empty((alpha, alpha, tiles), dtype=x.dtype)
         cols = np.empty((alpha, tiles), dtype=x.dtype)
         cols6 = np.empty((alpha if alpha == 6 else 0, alpha, tiles), dtype=x.dtype)
+        cols4 = np.empty((alpha if alpha == 4 else 0, alpha, tiles), dtype=x.dtype)
         padded = np.zeros(span, dtype=x.dtype)
         lo, hi = max(0, pl), min(span, width + pl)   # padded columns inside the input
         for local_row in range(chunk_rows):
@@ -293,6 +318,15 @@ def _input_transform_gather(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
                 _mix6(BT, V[6 * a, c], V[6 * a + 1, c], V[6 * a + 2, c], V[6 * a + 3, c],
                       V[6 * a + 4, c], V[6 * a + 5, c], ca[0], ca[1], ca[2], ca[3], ca[4],
                       ca[5])
+            continue
+        if alpha == 4:
+            for j in range(alpha):
+                _mix4(BT, cols4[0, j], cols4[1, j], cols4[2, j], cols4[3, j],
+                      d[0, j], d[1, j], d[2, j], d[3, j])
+            for a in range(alpha):
+                ca = cols4[a]
+                _mix4(BT, V[4 * a, c], V[4 * a + 1, c], V[4 * a + 2, c], V[4 * a + 3, c],
+                      ca[0], ca[1], ca[2], ca[3])
             continue
         for a in range(alpha):
             for j in range(alpha):                    # cols = (B^T d)[a, j, :]
@@ -347,6 +381,16 @@ def _output_transform(M, AT, bias, out, row0, tiles_h, tiles_w):
                 t = tmp6[i]
                 _mix6(AT_square, y_tile[i, 0], y_tile[i, 1], y_tile[i, 2], y_tile[i, 3],
                       spare[0], spare[1], t[0], t[1], t[2], t[3], t[4], t[5])
+        elif alpha == 4:
+            tmp4 = np.empty((alpha, alpha, tiles), dtype=M.dtype)
+            for b in range(alpha):
+                _mix4(AT_square, tmp4[0, b], tmp4[1, b], tmp4[2, b], tmp4[3, b],
+                      M[b, k], M[4 + b, k], M[8 + b, k], M[12 + b, k])
+            spare = tmp4[2]
+            for i in range(m):
+                t = tmp4[i]
+                _mix4(AT_square, y_tile[i, 0], y_tile[i, 1], spare[0], spare[1],
+                      t[0], t[1], t[2], t[3])
         else:
             tmp = np.empty((alpha, tiles), dtype=M.dtype)
             for i in range(m):
