@@ -19,12 +19,14 @@ tile element e, over all T tiles at once. The steps:
 The input transform has two kernels: for wide images (a row of at least
 ROW_KERNEL_MIN_TILES tiles) it splits padded rows into column phases so that
 each step is a shifted vector pass over a whole band of tile rows (input
-transform 1.5-2x faster on 224- and 56-wide layers); for narrow ones it gathers
-each tile's alpha x alpha values first (a band is then too short to vectorise).
+transform 1.5-3x faster on 224-, 56- and 28-wide layers); for narrow ones it
+gathers each tile's alpha x alpha values first (a band is then too short to
+vectorise).
 
 The matrices A^T, G, B^T are data, built by `winograd_matrices` from the
 interpolation points (0, 1, -1, 2, -2, ... and infinity) by Toom-Cook; the
-kernels are generic in alpha. Tiles are processed in chunks of tile rows so that
+kernels are generic in alpha, with the two alphas in use (6 and 4) written out
+in `_mix6` / `_mix4`: all rows of a transform matrix in one pass. Tiles are processed in chunks of tile rows so that
 V and M stay within `config.workspace_bytes` (and near CHUNK_TARGET_BYTES).
 """
 from __future__ import annotations
@@ -45,7 +47,10 @@ from ._common import HELPER, KERNEL, bias_or_zeros, copy, grad_input_as_forward,
 R = 3                               # kernel size Winograd serves
 DEFAULT_TILE = 4                    # F(4x4, 3x3)
 CHUNK_TARGET_BYTES = 64 * 2**20     # V + M of one chunk (measured: see _chunk_rows)
-ROW_KERNEL_MIN_TILES = 12          # tiles per row from which the row-phase input transform wins
+# Tiles per row from which the row-phase input transform wins (measured, 8x256 channels,
+# ms rows/gather: 4 tiles 2.2/1.2 (F4), 2.2/1.7 (F2); 5: 5.4/3.9, 1.2/1.1; 6: 5.0/4.5,
+# 1.6/1.8; 7: 1.9/2.0 (8x128x28x28 F4), 1.3/2.2; 14: 3.0/5.1 (8x64x56x56 F4)).
+ROW_KERNEL_MIN_TILES = 7
 
 
 # --------------------------------------------------------------------------
