@@ -213,3 +213,16 @@ def test_kept_filters_stay_within_their_bound(rng, monkeypatch):
     winograd.release_workspace()
     winograd.conv2d(x, weights[0], b, (1, 1), p, (1, 1), 1, out_hw)
     assert not winograd._filters
+
+
+@pytest.mark.parametrize("row_kernel_min_tiles", [1, 10**9])   # row-phase kernel, gather
+@pytest.mark.parametrize("tile", [3, 6])
+def test_other_tile_sizes_take_the_generic_passes(tile, row_kernel_min_tiles, rng,
+                                                  monkeypatch):
+    """F(2x2) and F(4x4) run written-out passes (_split_phases, _mix4, _mix6); any
+    other tile size runs the generic loops, which must agree with the reference too."""
+    monkeypatch.setattr(winograd, "ROW_KERNEL_MIN_TILES", row_kernel_min_tiles)
+    x, w, b, p, out_hw, _ = _case(rng, (2, 3, 14, 17), 4, ((1, 0), (2, 1)), 1, np.float64)
+    expected = reference.conv2d(x, w, b, (1, 1), p, (1, 1), 1)
+    np.testing.assert_allclose(winograd.conv2d(x, w, b, (1, 1), p, (1, 1), 1, out_hw,
+                                               tile=tile), expected, rtol=1e-9, atol=1e-9)
