@@ -125,28 +125,30 @@ def winograd_matrices(m, r=R):
 # --------------------------------------------------------------------------
 
 @numba.njit(**HELPER)
-def _split_phases(src, dst, m):
-    """dst[j, u] = src[m*u + j]: the column phases of a row. Written out for m = 4 and
-    m = 2 (F(4x4), F(2x2)) so that LLVM turns the interleaved loads into vector
-    shuffles: 3-10x faster than the generic loop, which serves any other m."""
-    n = dst.shape[1]
-    if m == 4 and dst.shape[0] == 4:
-        d0, d1, d2, d3 = dst[0], dst[1], dst[2], dst[3]
-        for u in range(n):
+def _split_phases(src, planes, start, count, m):
+    """planes[j, start + u] = src[m*u + j] for j < m, u < count: the column phases of
+    a row. Written out for m = 4 and m = 2 (F(4x4), F(2x2)) so that LLVM turns the
+    interleaved loads into vector shuffles: 3-10x faster than the generic loop,
+    which serves any other m."""
+    stop = start + count
+    if m == 4:
+        d0, d1, d2, d3 = (planes[0, start:stop], planes[1, start:stop],
+                          planes[2, start:stop], planes[3, start:stop])
+        for u in range(count):
             d0[u] = src[4 * u]
             d1[u] = src[4 * u + 1]
             d2[u] = src[4 * u + 2]
             d3[u] = src[4 * u + 3]
-    elif m == 2 and dst.shape[0] == 2:
-        d0, d1 = dst[0], dst[1]
-        for u in range(n):
+    elif m == 2:
+        d0, d1 = planes[0, start:stop], planes[1, start:stop]
+        for u in range(count):
             d0[u] = src[2 * u]
             d1[u] = src[2 * u + 1]
     else:
-        for j in range(dst.shape[0]):
+        for j in range(m):
             shifted = src[j:]
-            row = dst[j]
-            for u in range(n):
+            row = planes[j, start:stop]
+            for u in range(count):
                 row[u] = shifted[m * u]
 
 
@@ -221,14 +223,13 @@ def _input_transform_rows(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
     height, width = x.shape[2], x.shape[3]
     chunk_rows = V.shape[2] // tiles_w
     extra = (alpha - 1) // m                      # tile rows a band reads beyond its own
-    plane = (chunk_rows + extra) * tiles_w
+    plane = (chunk_rows + extra) * tiles_w + extra    # + the last row's spill
     span = m * (tiles_w + extra)                  # padded input columns split per row
     lo, hi = max(0, pl), min(span, width + pl)    # ... and those inside the input
     for c in prange(x.shape[1]):
         phases = np.empty((m, alpha, plane), dtype=x.dtype)
         hz = np.empty((alpha, m, plane), dtype=x.dtype)
         padded = np.zeros(span, dtype=x.dtype)
-        row_phases = np.empty((m, tiles_w + extra), dtype=x.dtype)
         local = 0
         while local < chunk_rows:                 # bands
             row = row0 + local
@@ -242,10 +243,14 @@ def _input_transform_rows(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
                         copy(padded[lo:hi], x[n, c, y, lo - pl:])
                     else:
                         padded[lo:hi] = 0
-                    _split_phases(padded, row_phases, m)
-                    for j in range(alpha):
-                        copy(phases[ry, j, yb * tiles_w:(yb + 1) * tiles_w],
-                             row_phases[j % m, j // m:])
+                    # phases j < m: this row's tiles_w values and `extra` more, which
+                    # spill into the next row's start until that row overwrites them;
+                    # phases j >= m are phase j - m one tile further on, copied first
+                    start = yb * tiles_w
+                    _split_phases(padded, phases[ry], start, tiles_w + extra, m)
+                    for j in range(m, alpha):
+                        copy(phases[ry, j, start:start + tiles_w],
+                             phases[ry, j % m, start + j // m:])
             t0, t1 = local * tiles_w, (local + band) * tiles_w
             if alpha == 6:
                 for ry in range(m):
