@@ -67,6 +67,10 @@ def choose(device, x_shape, w_shape, stride, dilation, groups, operation="conv2d
     k_per_group = c_out // groups
     if _is_depthwise(x_shape, w_shape, groups):
         return "direct", "depthwise: no reduction over channels for a GEMM to exploit"
+    if (device == "cpu" and operation == "conv2d" and c_per_group == 1
+            and tuple(stride) == (1, 1)):
+        return "direct", ("one input channel per group, stride 1: the plane kernel (a GEMM "
+                          "would reduce over only kh*kw values; mnist_lenet measured)")
     winograd_ok = (kh, kw) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
     if winograd_ok and operation != "conv2d_grad_weight":
         if device == "cuda":

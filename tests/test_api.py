@@ -95,6 +95,20 @@ def test_explain_names_an_algorithm_and_a_reason():
     assert "(8, 64, 56, 56)" in text
 
 
+@pytest.mark.parametrize("x_shape, w_shape, kw, picked", [
+    ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd"),
+    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "im2col"),        # too few pixels
+    ((8, 64, 56, 56), (64, 1, 3, 3), dict(padding=1, groups=64), "direct"),  # depthwise
+    ((64, 1, 28, 28), (32, 1, 3, 3), dict(), "direct"),          # one input channel
+    ((64, 1, 28, 28), (32, 1, 3, 3), dict(stride=2), "im2col"),  # ... but strided
+    ((8, 256, 56, 56), (64, 256, 1, 1), dict(), "im2col"),
+])
+def test_auto_rule_on_the_benchmark_layers(x_shape, w_shape, kw, picked):
+    """The rule of docs/performance.md ("The auto rule"), as `explain` reports it."""
+    text = fc.explain(x_shape, w_shape, **kw)
+    assert f"on cpu: {picked} (" in text
+
+
 @pytest.mark.parametrize("algorithm", ["auto"] + ALGORITHMS)
 def test_inputs_are_never_written(algorithm, rng):
     x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)

@@ -390,8 +390,8 @@ def test_depthwise_planes_kernel_falls_back_when_planes_exceed_the_workspace(rng
     x = rng.standard_normal((2, 4, 40, 40)).astype(np.float32)
     w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
     expected = reference.conv2d(x, w, None, (2, 2), (1, 1, 1, 1), (1, 1), 4)
-    assert direct._planes_fit(w, (2, 2), (1, 1), (20, 20), 4)
+    assert direct._planes_fit(w, (2, 2), (1, 1), (20, 20), 4, 4)
     monkeypatch.setattr(fc.config, "workspace_bytes", 1024)   # the row-by-row kernel answers
-    assert not direct._planes_fit(w, (2, 2), (1, 1), (20, 20), 4)
+    assert not direct._planes_fit(w, (2, 2), (1, 1), (20, 20), 4, 4)
     assert_close(fc.conv2d(x, w, stride=2, padding=1, groups=4, algorithm="direct"),
                  expected, np.float32)

@@ -56,6 +56,14 @@ def _axpy(dst, a, src):
 
 
 @numba.njit(**HELPER)
+def _axpy3(dst, a0, s0, a1, s1, a2, s2):
+    """dst += a0 * s0 + a1 * s1 + a2 * s2 over dst's length (the sources may be longer):
+    three taps per read-modify-write of dst."""
+    for j in range(dst.shape[0]):
+        dst[j] += a0 * s0[j] + a1 * s1[j] + a2 * s2[j]
+
+
+@numba.njit(**HELPER)
 def _fma(dst, u, v):
     """dst += u * v elementwise over dst's length (v may be longer)."""
     for j in range(dst.shape[0]):
@@ -117,44 +125,56 @@ def _forward(x, w, bias, out, sh, sw, pt, pl, dh, dw, groups):
 
 
 @numba.njit(**KERNEL)
-def _forward_planes(x, w, bias, out, sh, sw, pt, pl, dh, dw, groups):
-    """Forward for one input channel per group (depthwise): a thread owns one output
-    plane. The plane's input is copied once into a zero-padded buffer of width
-    `span_w`; then every kernel tap is ONE long vector loop over the flattened
-    plane, acc[u] += w * xpad[u + tap offset], u = row * span_w + column, which
-    also computes (and later drops) the columns between output columns and the
-    rows between output rows of a strided convolution: at most sh*sw times the
+def _forward_planes(x, w, bias, out, sh, sw, pt, pl, dh, dw, groups, k_block):
+    """Forward for one input channel per group (depthwise, single-channel inputs): a
+    thread owns up to `k_block` output planes of one image that read the same input
+    plane. That plane is copied once into a zero-padded buffer of width `span_w`;
+    then every kernel tap is ONE long vector loop over the flattened plane,
+    acc[u] += w * xpad[u + tap offset], u = row * span_w + column, which also
+    computes (and later drops) the columns between output columns and the rows
+    between output rows of a strided convolution: at most sh*sw times the
     multiplies, all in long unit-stride loops instead of a short loop per row."""
     n_img, c_in, height, width = x.shape
     k_out, _, kh, kw = w.shape
     out_h, out_w = out.shape[2], out.shape[3]
     kg = k_out // groups
+    blocks = -(-kg // k_block)                        # output-channel blocks per group
     span_h = (out_h - 1) * sh + (kh - 1) * dh + 1     # padded input rows read
     span_w = (out_w - 1) * sw + (kw - 1) * dw + 1
     length = ((out_h - 1) * sh) * span_w + (out_w - 1) * sw + 1
     r0, r1 = max(0, -pt), min(height, span_h - pt)    # input rows inside the span
     s0, s1 = max(0, -pl), min(width, span_w - pl)
-    for t in prange(n_img * k_out):
-        k = t % k_out
-        n = t // k_out
+    for t in prange(n_img * groups * blocks):
+        block = t % blocks
+        g = (t // blocks) % groups
+        n = t // (blocks * groups)
         xpad = np.zeros(span_h * span_w, dtype=out.dtype)
         if s1 > s0:
             for r in range(r0, r1):
                 start = (r + pt) * span_w + s0 + pl
-                copy(xpad[start:start + s1 - s0], x[n, k // kg, r, s0:s1])
-        acc = np.full(length, bias[k], dtype=out.dtype)
-        for p in range(kh):
-            for q in range(kw):
-                start = p * dh * span_w + q * dw
-                _axpy(acc, w[k, 0, p, q], xpad[start:start + length])
-        for i in range(out_h):
-            if sw == 1:   # a copy between views indexed from 0 vectorises
-                copy(out[n, k, i], acc[i * sh * span_w:])
-            else:
-                dst = out[n, k, i]
-                src = acc[i * sh * span_w:]
-                for j in range(out_w):
-                    dst[j] = src[j * sw]
+                copy(xpad[start:start + s1 - s0], x[n, g, r, s0:s1])
+        acc = np.empty(length, dtype=out.dtype)
+        for k in range(g * kg + block * k_block, g * kg + min(kg, (block + 1) * k_block)):
+            acc[:] = bias[k]
+            for p in range(kh):     # a kernel row's taps three per pass over acc
+                base = p * dh * span_w
+                q = 0
+                while q + 3 <= kw:
+                    o = base + q * dw
+                    _axpy3(acc, w[k, 0, p, q], xpad[o:], w[k, 0, p, q + 1], xpad[o + dw:],
+                           w[k, 0, p, q + 2], xpad[o + 2 * dw:])
+                    q += 3
+                for q in range(q, kw):
+                    start = base + q * dw
+                    _axpy(acc, w[k, 0, p, q], xpad[start:start + length])
+            for i in range(out_h):
+                if sw == 1:   # a copy between views indexed from 0 vectorises
+                    copy(out[n, k, i], acc[i * sh * span_w:])
+                else:
+                    dst = out[n, k, i]
+                    src = acc[i * sh * span_w:]
+                    for j in range(out_w):
+                        dst[j] = src[j * sw]
 
 
 @numba.njit(**KERNEL)
@@ -358,15 +378,28 @@ def _grad_weight_channels_inner(got, x, gwt, n0, sh, sw, pt, pl, dh, dw, groups)
                            sh, sw, pt, pl, dh, dw, groups)
 
 
-def _planes_fit(weight, stride, dilation, out_hw, itemsize):
+def _planes_fit(weight, stride, dilation, out_hw, itemsize, groups):
     """Whether `_forward_planes` serves this convolution: one input channel per group,
-    and its two per-thread plane buffers within the workspace bound."""
+    with few output channels per group or stride 1 (it computes every stride-1
+    position and drops the others: with many output channels the channels-inner
+    kernel is faster then), and its two per-thread plane buffers within the
+    workspace bound."""
     if weight.shape[1] != 1:
+        return False
+    if weight.shape[0] // groups >= CHANNELS_INNER_MIN and tuple(stride) != (1, 1):
         return False
     span_h = (out_hw[0] - 1) * stride[0] + (weight.shape[2] - 1) * dilation[0] + 1
     span_w = (out_hw[1] - 1) * stride[1] + (weight.shape[3] - 1) * dilation[1] + 1
     per_thread = 2 * span_h * span_w * itemsize
     return per_thread * numba.get_num_threads() <= config.workspace_bytes
+
+
+def _planes_block(n, groups, k_per_group):
+    """Output planes per `_forward_planes` task: all of a group's (its input plane is
+    copied once per task) unless that leaves fewer than 8 tasks per thread."""
+    wanted = 8 * numba.get_num_threads()
+    blocks = min(k_per_group, max(1, -(-wanted // (n * groups))))
+    return -(-k_per_group // blocks)
 
 
 def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
@@ -375,17 +408,18 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
     out = np.empty((n, weight.shape[0]) + tuple(out_hw), dtype=x.dtype)
     top, _, left, _ = padding
     b = bias_or_zeros(bias, weight.shape[0], x.dtype)
-    if weight.shape[0] // groups >= CHANNELS_INNER_MIN:
+    geometry = (stride[0], stride[1], top, left, dilation[0], dilation[1], groups)
+    k_per_group = weight.shape[0] // groups
+    if _planes_fit(weight, stride, dilation, out_hw, x.dtype.itemsize, groups):
+        _forward_planes(readonly(x), readonly(weight), b, out, *geometry,
+                        _planes_block(n, groups, k_per_group))
+    elif k_per_group >= CHANNELS_INNER_MIN:
         k_out, cg, kh, kw = weight.shape
         wt = np.ascontiguousarray(weight.transpose(1, 2, 3, 0))
-        wt = readonly(wt.reshape(cg, kh, kw, groups, k_out // groups))
-        _forward_channels_inner(readonly(x), wt, b, out, stride[0], stride[1], top, left,
-                                dilation[0], dilation[1], groups)
+        wt = readonly(wt.reshape(cg, kh, kw, groups, k_per_group))
+        _forward_channels_inner(readonly(x), wt, b, out, *geometry)
     else:
-        kernel = _forward_planes if _planes_fit(weight, stride, dilation, out_hw,
-                                                x.dtype.itemsize) else _forward
-        kernel(readonly(x), readonly(weight), b, out, stride[0], stride[1], top, left,
-               dilation[0], dilation[1], groups)
+        _forward(readonly(x), readonly(weight), b, out, *geometry)
     return out
 
 
