@@ -311,14 +311,14 @@ def _input_transform_gather(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
             for i in range(alpha):
                 y = y0 + i
                 if 0 <= y < height:
-                    for j in range(lo, hi):
-                        padded[j] = x[n, c, y, j - pl]
+                    copy(padded[lo:hi], x[n, c, y, lo - pl:])
                 else:
-                    for j in range(lo, hi):
-                        padded[j] = 0
+                    padded[lo:hi] = 0
+                d_row = d[i]
                 for tx in range(tiles_w):
+                    tile_cols = padded[tx * m:]
                     for j in range(alpha):
-                        d[i, j, t0 + tx] = padded[tx * m + j]
+                        d_row[j, t0 + tx] = tile_cols[j]
         if alpha == 6:
             for j in range(alpha):                    # cols[a, j] = (B^T d)[a, j, :]
                 _mix6(BT, cols6[0, j], cols6[1, j], cols6[2, j], cols6[3, j], cols6[4, j],
