@@ -17,7 +17,7 @@ tile element e, over all T tiles at once. The steps:
 4. output transform  Y = A^T M A (+ bias)   numba, parallel over output channels
 
 The input transform has two kernels: for wide images (a row of at least
-ROW_KERNEL_MIN_TILES tiles) it splits padded rows into column phases so that
+ROW_KERNEL_MIN_TILES[m] tiles) it splits padded rows into column phases so that
 each step is a shifted vector pass over a whole band of tile rows (input
 transform 1.5-3x faster on 224-, 56- and 28-wide layers); for narrow ones it
 gathers each tile's alpha x alpha values first (a band is then too short to
@@ -47,10 +47,13 @@ from ._common import HELPER, KERNEL, bias_or_zeros, copy, grad_input_as_forward,
 R = 3                               # kernel size Winograd serves
 DEFAULT_TILE = 4                    # F(4x4, 3x3)
 CHUNK_TARGET_BYTES = 64 * 2**20     # V + M of one chunk (measured: see _chunk_rows)
-# Tiles per row from which the row-phase input transform wins (measured, 8x256 channels,
-# ms rows/gather: 4 tiles 2.2/1.2 (F4), 2.2/1.7 (F2); 5: 5.4/3.9, 1.2/1.1; 6: 5.0/4.5,
-# 1.6/1.8; 7: 1.9/2.0 (8x128x28x28 F4), 1.3/2.2; 14: 3.0/5.1 (8x64x56x56 F4)).
-ROW_KERNEL_MIN_TILES = 7
+# Tiles per row from which the row-phase input transform wins, per tile size m (measured
+# interleaved, ms rows/gather; F(2x2): 8x256x10x10 (5 tiles) 0.74/0.66, 8x256x12x12
+# 1.31/1.55, 8x256x14x14 1.57/2.03, 8x64x56x56 (28) 1.97/3.94; F(4x4): 8x128x28x28 (7)
+# 2.58/2.08, 8x128x48x48 (12) 3.59/3.36, 8x64x56x56 (14) 2.1/2.2, 2x128x112x112 (28)
+# 3.28/4.44, 1x64x224x224 (56) 3.0/14.3: the gather's per-channel tiles outgrow the cache).
+ROW_KERNEL_MIN_TILES = {2: 6, 4: 14}
+ROW_KERNEL_MIN_TILES_OTHER = 7
 
 
 # --------------------------------------------------------------------------
@@ -361,7 +364,7 @@ def _input_transform_gather(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
 def _input_transform(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
     """V[a*alpha + b, c, t] = (B^T d B)[a, b] for the input tile d of each tile t of
     this chunk: the row-phase kernel where rows of tiles are long, else the gather."""
-    if tiles_w >= ROW_KERNEL_MIN_TILES:
+    if tiles_w >= ROW_KERNEL_MIN_TILES.get(m, ROW_KERNEL_MIN_TILES_OTHER):
         _input_transform_rows(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl)
     else:
         _input_transform_gather(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl)
