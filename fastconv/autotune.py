@@ -22,11 +22,14 @@ WINOGRAD_MIN_CHANNELS_CUDA = 32
 # transform writes 16-38 MB. `auto` cannot know which case a call is, so im2col.
 # resnet50_14 (8x256x14x14, 1568 pixels): F(2x2) 8.0 ms, F(4x4) 8.2, im2col 11.3.
 WINOGRAD_MIN_PIXELS = 1024             # N * out_h * out_w
-# F(2x2) is at least as fast as F(4x4) on 14x14 outputs (resnet50_14, vgg16_conv5_2
-# 24.5 vs 24.6 ms; with new weights its filter transform is half F(4x4)'s): 16 instead
-# of 36 transformed values per filter, and 14 = 7 whole 2x2 tiles (vs 3.5 4x4 tiles:
-# 12% waste). F(4x4) wins from 28x28 up (7.8 vs 9.0 ms).
-F2_MAX_OUTPUT_PIXELS = 14 * 14         # per image: out_h * out_w
+# F(4x4) does 36 instead of 16 GEMMs but each over a quarter of the tiles (2.25x less
+# work), and pads each side of the output to a multiple of 4 instead of 2. It is the
+# faster tile unless that padding costs much more area than F(2x2)'s (measured
+# interleaved after the transforms were made faster, 2026-11-30, ms F(4x4)/F(2x2), the
+# filter kept): 8x256x14x14 (padded area 1.31x F(2x2)'s) 6.65/7.63, 8x512x14x14
+# 19.9/24.1, 8x512x7x7 (1.0x) 11.95/12.66, 8x64x8x8 (1.0x) 0.60/0.67, but 4x128x10x10
+# (1.44x) 1.48/1.23.
+F4_MAX_AREA_RATIO = 1.4
 
 # The table behind the rule: ms on this machine, one interleaved run, 2026-11-30, the
 # same weights on every call (docs/performance.md has it with ratios and the cost of new
@@ -53,8 +56,12 @@ def _is_depthwise(x_shape, w_shape, groups):
 
 
 def winograd_tile(x_shape, w_shape, out_hw):
-    """The faster Winograd tile on the CPU: 2 (F(2x2,3x3)) for small images, else 4."""
-    return 2 if out_hw[0] * out_hw[1] <= F2_MAX_OUTPUT_PIXELS else 4
+    """The faster Winograd tile on the CPU: 4 (F(4x4,3x3)) unless padding the output to
+    whole 4x4 tiles covers more than F4_MAX_AREA_RATIO times the area of whole 2x2
+    tiles (then 2, F(2x2,3x3))."""
+    def padded_area(m):
+        return (-(-out_hw[0] // m) * m) * (-(-out_hw[1] // m) * m)
+    return 4 if padded_area(4) <= F4_MAX_AREA_RATIO * padded_area(2) else 2
 
 
 def choose(device, x_shape, w_shape, stride, dilation, groups, operation="conv2d"):

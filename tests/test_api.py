@@ -109,6 +109,13 @@ def test_auto_rule_on_the_benchmark_layers(x_shape, w_shape, kw, picked):
     assert f"on cpu: {picked} (" in text
 
 
+@pytest.mark.parametrize("out_hw, tile", [((56, 56), 4), ((14, 14), 4), ((7, 7), 4),
+                                          ((10, 10), 2), ((6, 6), 2), ((224, 224), 4)])
+def test_winograd_tile_rule(out_hw, tile):
+    from fastconv import autotune
+    assert autotune.winograd_tile((8, 64) + out_hw, (64, 64, 3, 3), out_hw) == tile
+
+
 @pytest.mark.parametrize("algorithm", ["auto"] + ALGORITHMS)
 def test_inputs_are_never_written(algorithm, rng):
     x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
