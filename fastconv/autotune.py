@@ -14,13 +14,13 @@ from __future__ import annotations
 # Winograd pays a filter transform (K x C x alpha^2 values written) and input/output
 # transforms per call; it wins when the GEMM part dominates: enough channels and
 # enough output pixels per filter.
-WINOGRAD_MIN_CHANNELS = 16             # mnist_lenet (C=1): Winograd 6.8 ms vs im2col 0.71
+WINOGRAD_MIN_CHANNELS = 16             # mnist_lenet (C=1): Winograd 6.3 ms vs im2col 0.71
 WINOGRAD_MIN_CHANNELS_CUDA = 32
-# resnet50_7 (8x512x7x7, 392 pixels): im2col 11.2 ms; Winograd 9.7 (F2) with the
-# transformed filter kept from an earlier call with the same weights, but 12.3 (F2) to
-# 15.1 (F4) when the weights are new (every training step): the 512x512 filter
+# resnet50_7 (8x512x7x7, 392 pixels): im2col 11.4 ms; Winograd 9.0 (F4) with the
+# transformed filter kept from an earlier call with the same weights, but 12.4 (F2) to
+# 14.5 (F4) when the weights are new (every training step): the 512x512 filter
 # transform writes 16-38 MB. `auto` cannot know which case a call is, so im2col.
-# resnet50_14 (8x256x14x14, 1568 pixels): F(2x2) 8.0 ms, F(4x4) 8.2, im2col 11.3.
+# resnet50_14 (8x256x14x14, 1568 pixels): F(4x4) 7.0 ms, F(2x2) 7.4, im2col 11.1.
 WINOGRAD_MIN_PIXELS = 1024             # N * out_h * out_w
 # F(4x4) does 36 instead of 16 GEMMs but each over a quarter of the tiles (2.25x less
 # work), and pads each side of the output to a multiple of 4 instead of 2. It is the
@@ -36,18 +36,18 @@ F4_MAX_AREA_RATIO = 1.4
 # weights; docs/interleaved-results.json the raw run).
 MEASURED = {
     # layer: (direct, im2col, winograd F(4x4), winograd F(2x2), numpy im2col, torch)
-    "vgg16_conv1_2 1x64x224x224": (65.4, 24.2, 14.7, 22.2, 44.2, 18.4),
-    "vgg16_conv5_2 8x512x14x14": (97.2, 43.0, 24.6, 24.5, 44.5, 31.1),
-    "resnet50_56 8x64x56x56": (28.2, 12.5, 10.0, 11.9, 22.7, 9.2),
-    "resnet50_28 8x128x28x28": (24.4, 11.7, 7.8, 9.0, 13.5, 8.6),
-    "resnet50_14 8x256x14x14": (27.2, 11.3, 8.2, 8.0, 12.9, 8.1),
-    "resnet50_7 8x512x7x7": (26.5, 11.2, 9.8, 9.7, 13.9, 8.0),
-    "resnet50_1x1 8x256x56x56->64": (16.0, 6.2, None, None, 6.5, 7.0),
-    "strided_3x3 8x64x56x56 s2": (12.6, 7.1, None, None, 8.1, 4.9),
-    "conv_5x5 8x32x32x32": (12.7, 6.2, None, None, 8.0, 3.9),
-    "depthwise_3x3 8x64x56x56": (1.14, 4.1, 7.6, 7.4, 5.5, 1.10),
-    "mnist_lenet 64x1x28x28": (1.31, 0.71, 6.8, 8.8, 0.92, 0.46),
-    "small_batch_3x3 1x64x56x56": (3.6, 1.61, 1.40, 1.39, 1.93, 1.29),
+    "vgg16_conv1_2 1x64x224x224": (72.8, 25.3, 13.1, 20.8, 44.5, 18.3),
+    "vgg16_conv5_2 8x512x14x14": (97.9, 43.3, 20.4, 23.3, 44.5, 30.9),
+    "resnet50_56 8x64x56x56": (31.4, 12.1, 8.1, 10.7, 22.7, 9.0),
+    "resnet50_28 8x128x28x28": (23.8, 11.5, 6.3, 8.0, 13.4, 8.5),
+    "resnet50_14 8x256x14x14": (22.6, 11.1, 7.0, 7.4, 12.8, 8.0),
+    "resnet50_7 8x512x7x7": (30.1, 11.4, 9.0, 9.5, 14.0, 7.9),
+    "resnet50_1x1 8x256x56x56->64": (14.0, 6.3, None, None, 6.7, 6.8),
+    "strided_3x3 8x64x56x56 s2": (12.4, 7.2, None, None, 8.6, 5.4),
+    "conv_5x5 8x32x32x32": (12.3, 6.2, None, None, 8.3, 4.0),
+    "depthwise_3x3 8x64x56x56": (0.80, 4.0, 5.8, 5.9, 5.5, 1.00),
+    "mnist_lenet 64x1x28x28": (0.53, 0.71, 6.3, 8.5, 0.93, 0.46),
+    "small_batch_3x3 1x64x56x56": (3.7, 1.72, 1.59, 1.62, 2.2, 1.30),
 }
 
 
