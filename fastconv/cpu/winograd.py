@@ -26,8 +26,9 @@ vectorise).
 The matrices A^T, G, B^T are data, built by `winograd_matrices` from the
 interpolation points (0, 1, -1, 2, -2, ... and infinity) by Toom-Cook; the
 kernels are generic in alpha, with the two alphas in use (6 and 4) written out
-in `_mix6` / `_mix4`: all rows of a transform matrix in one pass. Tiles are processed in chunks of tile rows so that
-V and M stay within `config.workspace_bytes` (and near CHUNK_TARGET_BYTES).
+in `_mix6` / `_mix4`: all rows of a transform matrix in one pass. Tiles are
+processed in chunks of tile rows so that V and M stay within
+`config.workspace_bytes` (and near CHUNK_TARGET_BYTES).
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from numba import prange
 
 from ..config import config
 from . import direct
-from ._common import HELPER, KERNEL, bias_or_zeros, copy, grad_input_as_forward, valid_range
+from ._common import HELPER, KERNEL, bias_or_zeros, copy, grad_input_as_forward
 
 R = 3                               # kernel size Winograd serves
 DEFAULT_TILE = 4                    # F(4x4, 3x3)
@@ -301,9 +302,7 @@ def _input_transform_gather(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
     span = tiles_w * m + alpha - m            # padded input columns a row of tiles reads
     for c in prange(x.shape[1]):
         d = np.empty((alpha, alpha, tiles), dtype=x.dtype)
-        cols = np.empty((alpha, tiles), dtype=x.dtype)
-        cols6 = np.empty((alpha if alpha == 6 else 0, alpha, tiles), dtype=x.dtype)
-        cols4 = np.empty((alpha if alpha == 4 else 0, alpha, tiles), dtype=x.dtype)
+        cols = np.empty((alpha, alpha, tiles), dtype=x.dtype)   # (B^T d)[a, j, :]
         padded = np.zeros(span, dtype=x.dtype)
         lo, hi = max(0, pl), min(span, width + pl)   # padded columns inside the input
         for local_row in range(chunk_rows):
@@ -324,41 +323,28 @@ def _input_transform_gather(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
                         d_row[j, t0 + tx] = tile_cols[j]
         if alpha == 6:
             for j in range(alpha):                    # cols[a, j] = (B^T d)[a, j, :]
-                _mix6(BT, cols6[0, j], cols6[1, j], cols6[2, j], cols6[3, j], cols6[4, j],
-                      cols6[5, j], d[0, j], d[1, j], d[2, j], d[3, j], d[4, j], d[5, j])
+                _mix6(BT, cols[0, j], cols[1, j], cols[2, j], cols[3, j], cols[4, j],
+                      cols[5, j], d[0, j], d[1, j], d[2, j], d[3, j], d[4, j], d[5, j])
             for a in range(alpha):                    # V = (cols B)[a, b, :]
-                ca = cols6[a]
+                ca = cols[a]
                 _mix6(BT, V[6 * a, c], V[6 * a + 1, c], V[6 * a + 2, c], V[6 * a + 3, c],
                       V[6 * a + 4, c], V[6 * a + 5, c], ca[0], ca[1], ca[2], ca[3], ca[4],
                       ca[5])
-            continue
-        if alpha == 4:
+        elif alpha == 4:
             for j in range(alpha):
-                _mix4(BT, cols4[0, j], cols4[1, j], cols4[2, j], cols4[3, j],
+                _mix4(BT, cols[0, j], cols[1, j], cols[2, j], cols[3, j],
                       d[0, j], d[1, j], d[2, j], d[3, j])
             for a in range(alpha):
-                ca = cols4[a]
+                ca = cols[a]
                 _mix4(BT, V[4 * a, c], V[4 * a + 1, c], V[4 * a + 2, c], V[4 * a + 3, c],
                       ca[0], ca[1], ca[2], ca[3])
-            continue
-        for a in range(alpha):
-            for j in range(alpha):                    # cols = (B^T d)[a, j, :]
-                for t in range(tiles):
-                    cols[j, t] = BT[a, 0] * d[0, j, t]
-                for i in range(1, alpha):
-                    coef = BT[a, i]
-                    if coef != 0:
-                        for t in range(tiles):
-                            cols[j, t] += coef * d[i, j, t]
-            for b in range(alpha):                    # V = (cols B)[a, b, :]
-                out = V[a * alpha + b, c]
-                for t in range(tiles):
-                    out[t] = BT[b, 0] * cols[0, t]
-                for j in range(1, alpha):
-                    coef = BT[b, j]
-                    if coef != 0:
-                        for t in range(tiles):
-                            out[t] += coef * cols[j, t]
+        else:                                         # other tile sizes: generic passes
+            ca = cols[0]                              # one row a at a time
+            for a in range(alpha):
+                for j in range(alpha):
+                    _combine(ca[j], BT[a], d[:, j], alpha, 0)
+                for b in range(alpha):
+                    _combine(V[a * alpha + b, c], BT[b], ca, alpha, 0)
 
 
 def _input_transform(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
@@ -396,36 +382,21 @@ def _output_transform(M, AT, bias, out, row0, tiles_h, tiles_w):
                       spare[0], spare[1], t[0], t[1], t[2], t[3], t[4], t[5])
         elif alpha == 4:
             tmp4 = np.empty((alpha, alpha, tiles), dtype=M.dtype)
-            for b in range(alpha):
+            for b in range(alpha):                    # tmp4[i, b] = (A^T M)[i, b, :]
                 _mix4(AT_square, tmp4[0, b], tmp4[1, b], tmp4[2, b], tmp4[3, b],
                       M[b, k], M[4 + b, k], M[8 + b, k], M[12 + b, k])
-            spare = tmp4[2]
-            for i in range(m):
+            spare = tmp4[2]                           # A^T's zero rows: free scratch now
+            for i in range(m):                        # Y = (tmp A)[i, j, :]
                 t = tmp4[i]
                 _mix4(AT_square, y_tile[i, 0], y_tile[i, 1], spare[0], spare[1],
                       t[0], t[1], t[2], t[3])
         else:
-            tmp = np.empty((alpha, tiles), dtype=M.dtype)
+            tmp = np.empty((alpha, tiles), dtype=M.dtype)   # other tile sizes: generic passes
             for i in range(m):
                 for b in range(alpha):                # tmp = (A^T M)[i, b, :]
-                    src = M[b, k]
-                    for t in range(tiles):
-                        tmp[b, t] = AT[i, 0] * src[t]
-                    for a in range(1, alpha):
-                        coef = AT[i, a]
-                        if coef != 0:
-                            src = M[a * alpha + b, k]
-                            for t in range(tiles):
-                                tmp[b, t] += coef * src[t]
+                    _combine(tmp[b], AT[i], M[b::alpha, k], alpha, 0)
                 for j in range(m):                    # Y = (tmp A)[i, j, :]
-                    dst = y_tile[i, j]
-                    for t in range(tiles):
-                        dst[t] = AT[j, 0] * tmp[0, t]
-                    for b in range(1, alpha):
-                        coef = AT[j, b]
-                        if coef != 0:
-                            for t in range(tiles):
-                                dst[t] += coef * tmp[b, t]
+                    _combine(y_tile[i, j], AT[j], tmp, alpha, 0)
         bias_k = bias[k]
         for local_row in range(chunk_rows):           # scatter + bias, cropped at the border
             row = row0 + local_row
