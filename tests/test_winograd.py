@@ -146,18 +146,25 @@ def test_empty_batch_through_the_api():
     assert gi.shape == x.shape
 
 
-def _force_input_transform(monkeypatch, min_tiles):
-    """min_tiles 1: the row-phase kernel for every tile size; 10**9: the gather."""
+INPUT_TRANSFORMS = ["rows", "gather", "channels_last"]
+
+
+def _force_input_transform(monkeypatch, kernel):
+    """Make every call take one input-transform kernel, whatever the shape."""
     monkeypatch.setattr(winograd, "ROW_KERNEL_MIN_TILES", {})
-    monkeypatch.setattr(winograd, "ROW_KERNEL_MIN_TILES_OTHER", min_tiles)
+    monkeypatch.setattr(winograd, "ROW_KERNEL_MIN_TILES_OTHER",
+                        1 if kernel == "rows" else 10**9)
+    monkeypatch.setattr(winograd, "CHANNELS_LAST_MAX_TILES",
+                        10**9 if kernel == "channels_last" else 0)
+    monkeypatch.setattr(winograd, "CHANNELS_LAST_MIN_CHANNELS", 1)
 
 
-@pytest.mark.parametrize("row_kernel_min_tiles", [1, 10**9])   # row-phase kernel, gather
+@pytest.mark.parametrize("kernel", INPUT_TRANSFORMS)
 @pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("x_shape, k, padding, groups", CASES + [((3, 2, 13, 30), 3, 2, 1)])
-def test_both_input_transforms_match_reference(x_shape, k, padding, groups, tile,
-                                               row_kernel_min_tiles, rng, monkeypatch):
-    _force_input_transform(monkeypatch, row_kernel_min_tiles)
+def test_every_input_transform_matches_reference(x_shape, k, padding, groups, tile,
+                                                 kernel, rng, monkeypatch):
+    _force_input_transform(monkeypatch, kernel)
     x, w, b, p, out_hw, _ = _case(rng, x_shape, k, padding, groups, np.float64)
     expected = reference.conv2d(x, w, b, (1, 1), p, (1, 1), groups)
     np.testing.assert_allclose(winograd.conv2d(x, w, b, (1, 1), p, (1, 1), groups, out_hw,
@@ -221,13 +228,12 @@ def test_kept_filters_stay_within_their_bound(rng, monkeypatch):
     assert not winograd._filters
 
 
-@pytest.mark.parametrize("row_kernel_min_tiles", [1, 10**9])   # row-phase kernel, gather
+@pytest.mark.parametrize("kernel", INPUT_TRANSFORMS)
 @pytest.mark.parametrize("tile", [3, 6])
-def test_other_tile_sizes_take_the_generic_passes(tile, row_kernel_min_tiles, rng,
-                                                  monkeypatch):
+def test_other_tile_sizes_take_the_generic_passes(tile, kernel, rng, monkeypatch):
     """F(2x2) and F(4x4) run written-out passes (_split_phases, _mix4, _mix6); any
     other tile size runs the generic loops, which must agree with the reference too."""
-    _force_input_transform(monkeypatch, row_kernel_min_tiles)
+    _force_input_transform(monkeypatch, kernel)
     x, w, b, p, out_hw, _ = _case(rng, (2, 3, 14, 17), 4, ((1, 0), (2, 1)), 1, np.float64)
     expected = reference.conv2d(x, w, b, (1, 1), p, (1, 1), 1)
     np.testing.assert_allclose(winograd.conv2d(x, w, b, (1, 1), p, (1, 1), 1, out_hw,

@@ -16,12 +16,13 @@ tile element e, over all T tiles at once. The steps:
 3. alpha^2 GEMMs     M = U @ V              np.matmul on (alpha^2, K, C) @ (alpha^2, C, T)
 4. output transform  Y = A^T M A (+ bias)   numba, parallel over output channels
 
-The input transform has two kernels: for wide images (a row of at least
+The input transform has three kernels: for wide images (a row of at least
 ROW_KERNEL_MIN_TILES[m] tiles) it splits padded rows into column phases so that
 each step is a shifted vector pass over a whole band of tile rows (input
 transform 1.5-3x faster on 224-, 56- and 28-wide layers); for narrow ones it
 gathers each tile's alpha x alpha values first (a band is then too short to
-vectorise).
+vectorise); for batches of few tiles with many channels it works on a
+channels-last copy of the input, vectorised over the channels.
 
 The matrices A^T, G, B^T are data, built by `winograd_matrices` from the
 interpolation points (0, 1, -1, 2, -2, ... and infinity) by Toom-Cook; the
@@ -55,6 +56,14 @@ CHUNK_TARGET_BYTES = 64 * 2**20     # V + M of one chunk (measured: see _chunk_r
 # 3.28/4.44, 1x64x224x224 (56) 3.0/14.3: the gather's per-channel tiles outgrow the cache).
 ROW_KERNEL_MIN_TILES = {2: 6, 4: 14}
 ROW_KERNEL_MIN_TILES_OTHER = 7
+# Batches of at most this many tiles in all, with at least CHANNELS_LAST_MIN_CHANNELS
+# channels, take the channels-last input transform: its vector loops run over channels
+# instead of over a channel's few tiles (measured interleaved, F(4x4), ms whole call,
+# tile-major / channels-last: 8x512x7x7 (32 tiles) 9.0/8.4, 10.1/9.2, 9.2/8.4,
+# 1x256x14x14 (16) 2.43/2.22; but 8x256x14x14 (128) 6.8/7.1, 6.9/7.2, 8x512x14x14 (128)
+# 20.1/20.3, 8x128x28x28 (392) 6.5/7.4).
+CHANNELS_LAST_MAX_TILES = 64
+CHANNELS_LAST_MIN_CHANNELS = 32
 
 
 # --------------------------------------------------------------------------
@@ -207,6 +216,38 @@ def _mix4(C, o0, o1, o2, o3, i0, i1, i2, i3):
         o3[q] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3
 
 
+@numba.njit(**HELPER)
+def _transform_2d(BT, d, cols, out, idx):
+    """out[a*alpha + b, idx] = (B^T d B)[a, b] for tiles laid out d[i, j, :] (along the
+    last axis: tiles, or channels), `cols` (same shape) as scratch: one pass per
+    column of d for B^T d, then one per row for (B^T d) B."""
+    alpha = BT.shape[0]
+    if alpha == 6:
+        for j in range(alpha):                    # cols[a, j] = (B^T d)[a, j, :]
+            _mix6(BT, cols[0, j], cols[1, j], cols[2, j], cols[3, j], cols[4, j],
+                  cols[5, j], d[0, j], d[1, j], d[2, j], d[3, j], d[4, j], d[5, j])
+        for a in range(alpha):                    # out = (cols B)[a, b, :]
+            ca = cols[a]
+            _mix6(BT, out[6 * a, idx], out[6 * a + 1, idx], out[6 * a + 2, idx],
+                  out[6 * a + 3, idx], out[6 * a + 4, idx], out[6 * a + 5, idx],
+                  ca[0], ca[1], ca[2], ca[3], ca[4], ca[5])
+    elif alpha == 4:
+        for j in range(alpha):
+            _mix4(BT, cols[0, j], cols[1, j], cols[2, j], cols[3, j],
+                  d[0, j], d[1, j], d[2, j], d[3, j])
+        for a in range(alpha):
+            ca = cols[a]
+            _mix4(BT, out[4 * a, idx], out[4 * a + 1, idx], out[4 * a + 2, idx],
+                  out[4 * a + 3, idx], ca[0], ca[1], ca[2], ca[3])
+    else:                                         # other tile sizes: generic passes
+        ca = cols[0]                              # one row a at a time
+        for a in range(alpha):
+            for j in range(alpha):
+                _combine(ca[j], BT[a], d[:, j], alpha, 0)
+            for b in range(alpha):
+                _combine(out[a * alpha + b, idx], BT[b], ca, alpha, 0)
+
+
 @numba.njit(**KERNEL)
 def _input_transform_rows(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
     """V[a*alpha + b, c, t] = (B^T d B)[a, b] for the input tile d of every tile t of
@@ -321,30 +362,33 @@ def _input_transform_gather(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
                     tile_cols = padded[tx * m:]
                     for j in range(alpha):
                         d_row[j, t0 + tx] = tile_cols[j]
-        if alpha == 6:
-            for j in range(alpha):                    # cols[a, j] = (B^T d)[a, j, :]
-                _mix6(BT, cols[0, j], cols[1, j], cols[2, j], cols[3, j], cols[4, j],
-                      cols[5, j], d[0, j], d[1, j], d[2, j], d[3, j], d[4, j], d[5, j])
-            for a in range(alpha):                    # V = (cols B)[a, b, :]
-                ca = cols[a]
-                _mix6(BT, V[6 * a, c], V[6 * a + 1, c], V[6 * a + 2, c], V[6 * a + 3, c],
-                      V[6 * a + 4, c], V[6 * a + 5, c], ca[0], ca[1], ca[2], ca[3], ca[4],
-                      ca[5])
-        elif alpha == 4:
+        _transform_2d(BT, d, cols, V, c)
+
+
+@numba.njit(**KERNEL)
+def _input_transform_channels_last(xt, BT, V_t, row0, tiles_h, tiles_w, m, pt, pl):
+    """V_t[a*alpha + b, t, c] = (B^T d B)[a, b] for the input tile d of each tile t of
+    this chunk, from the input in channels-last layout xt (N, H, W, C), for small
+    images with many channels: every step is a vector loop over the channels (the
+    tile-major kernels would loop over a channel's few tiles). Parallel over tiles;
+    the GEMM reads V_t through a transposed view."""
+    alpha = BT.shape[0]
+    height, width, c_in = xt.shape[1], xt.shape[2], xt.shape[3]
+    for t in prange(V_t.shape[1]):
+        row = row0 + t // tiles_w
+        tx = t % tiles_w
+        n, ty = row // tiles_h, row % tiles_h
+        d = np.empty((alpha, alpha, c_in), dtype=xt.dtype)      # the tile, channels last
+        cols = np.empty((alpha, alpha, c_in), dtype=xt.dtype)   # (B^T d)[a, j, :]
+        for i in range(alpha):
+            y = ty * m + i - pt
             for j in range(alpha):
-                _mix4(BT, cols[0, j], cols[1, j], cols[2, j], cols[3, j],
-                      d[0, j], d[1, j], d[2, j], d[3, j])
-            for a in range(alpha):
-                ca = cols[a]
-                _mix4(BT, V[4 * a, c], V[4 * a + 1, c], V[4 * a + 2, c], V[4 * a + 3, c],
-                      ca[0], ca[1], ca[2], ca[3])
-        else:                                         # other tile sizes: generic passes
-            ca = cols[0]                              # one row a at a time
-            for a in range(alpha):
-                for j in range(alpha):
-                    _combine(ca[j], BT[a], d[:, j], alpha, 0)
-                for b in range(alpha):
-                    _combine(V[a * alpha + b, c], BT[b], ca, alpha, 0)
+                col = tx * m + j - pl
+                if 0 <= y < height and 0 <= col < width:
+                    copy(d[i, j], xt[n, y, col])
+                else:
+                    d[i, j, :] = 0
+        _transform_2d(BT, d, cols, V_t, t)
 
 
 def _input_transform(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
@@ -601,12 +645,22 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw, tile=DEFA
     AT, BT = AT.astype(x.dtype), BT.astype(x.dtype)
     bias = bias_or_zeros(bias, c_out, x.dtype)
     out = np.empty((n, c_out) + tuple(out_hw), dtype=x.dtype)
+    channels_last = (n * tiles_h * tiles_w <= CHANNELS_LAST_MAX_TILES
+                     and c_in >= CHANNELS_LAST_MIN_CHANNELS)
+    if channels_last:
+        xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     for row0 in range(0, total_rows, rows):
         count = min(rows, total_rows - row0)
         # contiguous, also for a shorter last chunk (one kernel specialisation)
-        v = _scratch("V", (alpha * alpha, c_in, count * tiles_w), x.dtype)
         mm = _scratch("M", (alpha * alpha, c_out, count * tiles_w), x.dtype)
-        _input_transform(x, BT, v, row0, tiles_h, tiles_w, tile, padding[0], padding[2])
+        if channels_last:
+            v_t = _scratch("V", (alpha * alpha, count * tiles_w, c_in), x.dtype)
+            _input_transform_channels_last(xt, BT, v_t, row0, tiles_h, tiles_w, tile,
+                                           padding[0], padding[2])
+            v = v_t.transpose(0, 2, 1)
+        else:
+            v = _scratch("V", (alpha * alpha, c_in, count * tiles_w), x.dtype)
+            _input_transform(x, BT, v, row0, tiles_h, tiles_w, tile, padding[0], padding[2])
         _multiply(U, v, mm, groups)
         _output_transform(mm, AT, bias, out, row0, tiles_h, tiles_w)
     return out
