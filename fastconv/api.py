@@ -224,8 +224,9 @@ class _ConvProblem:
         return _module(device, algorithm), self._backend_options(device, algorithm, operation)
 
     def _backend_options(self, device, algorithm, operation):
-        """Winograd's tile on the CPU: F(2x2) on small images, F(4x4) elsewhere
-        (measured; autotune.winograd_tile). The CUDA module picks its own."""
+        """Winograd's tile on the CPU: F(4x4), or F(2x2) where whole 4x4 tiles would
+        pad the output much more (measured; autotune.winograd_tile). The CUDA module
+        picks its own."""
         if algorithm != "winograd" or device != "cpu":
             return {}
         # grad_input is a Winograd convolution whose output is the input's size
