@@ -231,7 +231,7 @@ def test_kept_filters_stay_within_their_bound(rng, monkeypatch):
 @pytest.mark.parametrize("kernel", INPUT_TRANSFORMS)
 @pytest.mark.parametrize("tile", [3, 6])
 def test_other_tile_sizes_take_the_generic_passes(tile, kernel, rng, monkeypatch):
-    """F(2x2) and F(4x4) run written-out passes (_split_phases, _mix4, _mix6); any
+    """F(2x2) and F(4x4) run written-out passes (_split_phases; _mix6 for F(4x4)); any
     other tile size runs the generic loops, which must agree with the reference too."""
     _force_input_transform(monkeypatch, kernel)
     x, w, b, p, out_hw, _ = _case(rng, (2, 3, 14, 17), 4, ((1, 0), (2, 1)), 1, np.float64)

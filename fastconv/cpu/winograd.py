@@ -26,9 +26,10 @@ channels-last copy of the input, vectorised over the channels.
 
 The matrices A^T, G, B^T are data, built by `winograd_matrices` from the
 interpolation points (0, 1, -1, 2, -2, ... and infinity) by Toom-Cook; the
-kernels are generic in alpha, with the two alphas in use (6 and 4) written out
-in `_mix6` / `_mix4`: all rows of a transform matrix in one pass. Tiles are
-processed in chunks of tile rows so that V and M stay within
+kernels are generic in alpha, with F(4x4)'s alpha = 6 written out in `_mix6`:
+all rows of a transform matrix in one pass (the others, F(2x2) included, make one
+pass per coefficient: a second written-out version for F(2x2), now rarely chosen,
+cost more compile time than it saved). Tiles are processed in chunks of tile rows so that V and M stay within
 `config.workspace_bytes` (and near CHUNK_TARGET_BYTES).
 """
 from __future__ import annotations
@@ -184,7 +185,8 @@ def _mix6(C, o0, o1, o2, o3, o4, o5, i0, i1, i2, i3, i4, i5):
     F(4x4), or A^T padded with zero rows): all six outputs in one pass over the six
     inputs. `_combine` makes one pass per output and nonzero coefficient, reading and
     writing its output each time; written out for alpha = 6, this pass is 1.4-1.5x
-    faster per transform (the zero coefficients cost multiplies, not memory)."""
+    faster per transform (the zero coefficients cost multiplies, not memory). It
+    costs compile time: about 1.5 s for each kernel that inlines it."""
     c00, c01, c02, c03, c04, c05 = C[0, 0], C[0, 1], C[0, 2], C[0, 3], C[0, 4], C[0, 5]
     c10, c11, c12, c13, c14, c15 = C[1, 0], C[1, 1], C[1, 2], C[1, 3], C[1, 4], C[1, 5]
     c20, c21, c22, c23, c24, c25 = C[2, 0], C[2, 1], C[2, 2], C[2, 3], C[2, 4], C[2, 5]
@@ -202,21 +204,6 @@ def _mix6(C, o0, o1, o2, o3, o4, o5, i0, i1, i2, i3, i4, i5):
 
 
 @numba.njit(**HELPER)
-def _mix4(C, o0, o1, o2, o3, i0, i1, i2, i3):
-    """`_mix6` for a 4x4 matrix C (alpha = 4: F(2x2))."""
-    c00, c01, c02, c03 = C[0, 0], C[0, 1], C[0, 2], C[0, 3]
-    c10, c11, c12, c13 = C[1, 0], C[1, 1], C[1, 2], C[1, 3]
-    c20, c21, c22, c23 = C[2, 0], C[2, 1], C[2, 2], C[2, 3]
-    c30, c31, c32, c33 = C[3, 0], C[3, 1], C[3, 2], C[3, 3]
-    for q in range(o0.shape[0]):
-        v0, v1, v2, v3 = i0[q], i1[q], i2[q], i3[q]
-        o0[q] = c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3
-        o1[q] = c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3
-        o2[q] = c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3
-        o3[q] = c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3
-
-
-@numba.njit(**HELPER)
 def _transform_2d(BT, d, cols, out, idx):
     """out[a*alpha + b, idx] = (B^T d B)[a, b] for tiles laid out d[i, j, :] (along the
     last axis: tiles, or channels), `cols` (same shape) as scratch: one pass per
@@ -231,15 +218,7 @@ def _transform_2d(BT, d, cols, out, idx):
             _mix6(BT, out[6 * a, idx], out[6 * a + 1, idx], out[6 * a + 2, idx],
                   out[6 * a + 3, idx], out[6 * a + 4, idx], out[6 * a + 5, idx],
                   ca[0], ca[1], ca[2], ca[3], ca[4], ca[5])
-    elif alpha == 4:
-        for j in range(alpha):
-            _mix4(BT, cols[0, j], cols[1, j], cols[2, j], cols[3, j],
-                  d[0, j], d[1, j], d[2, j], d[3, j])
-        for a in range(alpha):
-            ca = cols[a]
-            _mix4(BT, out[4 * a, idx], out[4 * a + 1, idx], out[4 * a + 2, idx],
-                  out[4 * a + 3, idx], ca[0], ca[1], ca[2], ca[3])
-    else:                                         # other tile sizes: generic passes
+    else:                                         # other tile sizes: a pass per coefficient
         ca = cols[0]                              # one row a at a time
         for a in range(alpha):
             for j in range(alpha):
@@ -308,15 +287,6 @@ def _input_transform_rows(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
                     _mix6(BT, V[b, c, t0:t1], V[6 + b, c, t0:t1], V[12 + b, c, t0:t1],
                           V[18 + b, c, t0:t1], V[24 + b, c, t0:t1], V[30 + b, c, t0:t1],
                           h[0], h[1], h[2], h[3], h[0, tiles_w:], h[1, tiles_w:])
-            elif alpha == 4:
-                for ry in range(m):
-                    p = phases[ry]
-                    _mix4(BT, hz[0, ry, :length], hz[1, ry, :length], hz[2, ry, :length],
-                          hz[3, ry, :length], p[0], p[1], p[2], p[3])
-                for b in range(alpha):
-                    h = hz[b]
-                    _mix4(BT, V[b, c, t0:t1], V[4 + b, c, t0:t1], V[8 + b, c, t0:t1],
-                          V[12 + b, c, t0:t1], h[0], h[1], h[0, tiles_w:], h[1, tiles_w:])
             else:
                 for b in range(alpha):
                     for ry in range(m):
@@ -424,16 +394,6 @@ def _output_transform(M, AT, bias, out, row0, tiles_h, tiles_w):
                 t = tmp6[i]
                 _mix6(AT_square, y_tile[i, 0], y_tile[i, 1], y_tile[i, 2], y_tile[i, 3],
                       spare[0], spare[1], t[0], t[1], t[2], t[3], t[4], t[5])
-        elif alpha == 4:
-            tmp4 = np.empty((alpha, alpha, tiles), dtype=M.dtype)
-            for b in range(alpha):                    # tmp4[i, b] = (A^T M)[i, b, :]
-                _mix4(AT_square, tmp4[0, b], tmp4[1, b], tmp4[2, b], tmp4[3, b],
-                      M[b, k], M[4 + b, k], M[8 + b, k], M[12 + b, k])
-            spare = tmp4[2]                           # A^T's zero rows: free scratch now
-            for i in range(m):                        # Y = (tmp A)[i, j, :]
-                t = tmp4[i]
-                _mix4(AT_square, y_tile[i, 0], y_tile[i, 1], spare[0], spare[1],
-                      t[0], t[1], t[2], t[3])
         else:
             tmp = np.empty((alpha, tiles), dtype=M.dtype)   # other tile sizes: generic passes
             for i in range(m):
