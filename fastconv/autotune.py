@@ -14,13 +14,13 @@ from __future__ import annotations
 # Winograd pays a filter transform (K x C x alpha^2 values written) and input/output
 # transforms per call; it wins when the GEMM part dominates: enough channels and
 # enough output pixels per filter.
-WINOGRAD_MIN_CHANNELS = 16             # mnist_lenet (C=1): Winograd 6.3 ms vs im2col 0.71
+WINOGRAD_MIN_CHANNELS = 16             # mnist_lenet (C=1): Winograd 6.5 ms vs im2col 0.80
 WINOGRAD_MIN_CHANNELS_CUDA = 32
-# resnet50_7 (8x512x7x7, 392 pixels): im2col 11.4 ms; Winograd 9.0 (F4) with the
+# resnet50_7 (8x512x7x7, 392 pixels): im2col 11.6 ms; Winograd 9.1 (F4) with the
 # transformed filter kept from an earlier call with the same weights, but 12.4 (F2) to
 # 14.5 (F4) when the weights are new (every training step): the 512x512 filter
 # transform writes 16-38 MB. `auto` cannot know which case a call is, so im2col.
-# resnet50_14 (8x256x14x14, 1568 pixels): F(4x4) 7.0 ms, F(2x2) 7.4, im2col 11.1.
+# resnet50_14 (8x256x14x14, 1568 pixels): F(4x4) 6.9 ms, F(2x2) 8.7, im2col 11.5.
 WINOGRAD_MIN_PIXELS = 1024             # N * out_h * out_w
 # F(4x4) does 36 instead of 16 GEMMs but each over a quarter of the tiles (2.25x less
 # work), and pads each side of the output to a multiple of 4 instead of 2. It is the
@@ -36,18 +36,18 @@ F4_MAX_AREA_RATIO = 1.4
 # weights; docs/interleaved-results.json the raw run).
 MEASURED = {
     # layer: (direct, im2col, winograd F(4x4), winograd F(2x2), numpy im2col, torch)
-    "vgg16_conv1_2 1x64x224x224": (72.8, 25.3, 13.1, 20.8, 44.5, 18.3),
-    "vgg16_conv5_2 8x512x14x14": (97.9, 43.3, 20.4, 23.3, 44.5, 30.9),
-    "resnet50_56 8x64x56x56": (31.4, 12.1, 8.1, 10.7, 22.7, 9.0),
-    "resnet50_28 8x128x28x28": (23.8, 11.5, 6.3, 8.0, 13.4, 8.5),
-    "resnet50_14 8x256x14x14": (22.6, 11.1, 7.0, 7.4, 12.8, 8.0),
-    "resnet50_7 8x512x7x7": (30.1, 11.4, 9.0, 9.5, 14.0, 7.9),
-    "resnet50_1x1 8x256x56x56->64": (14.0, 6.3, None, None, 6.7, 6.8),
-    "strided_3x3 8x64x56x56 s2": (12.4, 7.2, None, None, 8.6, 5.4),
-    "conv_5x5 8x32x32x32": (12.3, 6.2, None, None, 8.3, 4.0),
-    "depthwise_3x3 8x64x56x56": (0.80, 4.0, 5.8, 5.9, 5.5, 1.00),
-    "mnist_lenet 64x1x28x28": (0.53, 0.71, 6.3, 8.5, 0.93, 0.46),
-    "small_batch_3x3 1x64x56x56": (3.7, 1.72, 1.59, 1.62, 2.2, 1.30),
+    "vgg16_conv1_2 1x64x224x224": (88.7, 24.3, 13.0, 25.0, 48.5, 29.9),
+    "vgg16_conv5_2 8x512x14x14": (94.4, 43.8, 20.2, 25.7, 44.7, 31.1),
+    "resnet50_56 8x64x56x56": (41.8, 12.2, 8.1, 13.7, 22.9, 8.9),
+    "resnet50_28 8x128x28x28": (28.8, 11.8, 6.2, 9.7, 13.6, 8.5),
+    "resnet50_14 8x256x14x14": (23.5, 11.5, 6.9, 8.7, 13.0, 8.0),
+    "resnet50_7 8x512x7x7": (35.5, 11.6, 9.1, 10.4, 14.7, 8.6),
+    "resnet50_1x1 8x256x56x56->64": (16.7, 6.3, None, None, 6.5, 7.1),
+    "strided_3x3 8x64x56x56 s2": (15.5, 7.2, None, None, 8.1, 4.9),
+    "conv_5x5 8x32x32x32": (24.3, 7.1, None, None, 8.4, 4.0),
+    "depthwise_3x3 8x64x56x56": (0.98, 4.7, 6.3, 9.3, 5.4, 1.52),
+    "mnist_lenet 64x1x28x28": (0.68, 0.80, 6.5, 10.3, 0.97, 0.59),
+    "small_batch_3x3 1x64x56x56": (4.6, 1.88, 1.53, 1.98, 2.4, 1.38),
 }
 
 
