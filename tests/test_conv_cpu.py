@@ -385,6 +385,29 @@ def test_depthwise_planes_kernel_forward_and_grad_input(rng, kernel, dilation, p
                  reference.conv2d_grad_input(go, w, x.shape, s, p, d, 5), np.float64)
 
 
+@pytest.mark.parametrize("k_block", [1, 2, 3, 5])
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation, groups", [
+    ((4, 1, 12, 13), (5, 1, 3, 3), 1, 0, 1, 1),            # single-channel input (MNIST)
+    ((2, 1, 12, 13), (5, 1, 5, 5), 1, 2, 1, 1),            # 5x5: taps 3 + 2 per row
+    ((2, 2, 11, 9), (10, 1, 2, 7), 1, ((1, 0), (3, 2)), 2, 2),  # 5 planes per group
+    ((3, 3, 10, 12), (6, 1, 3, 3), 2, 1, 1, 3),             # depthwise x2, strided
+])
+def test_planes_kernel_blocks_of_output_planes(rng, monkeypatch, k_block, x_shape, w_shape,
+                                               stride, padding, dilation, groups):
+    """One input channel per group: each task computes a block of output planes from
+    one padded input plane; blocks that do not divide the group's planes included."""
+    monkeypatch.setattr(direct, "_planes_block", lambda n, g, k_per_group: k_block)
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0])
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+              algorithm="direct")
+    s, p, d, out_hw = conv_geometry(x_shape[2:], w_shape[2:], stride, padding, dilation)
+    assert direct._planes_fit(w, s, d, out_hw, 8, groups)
+    assert_close(fc.conv2d(x, w, b, **kw), reference.conv2d(x, w, b, s, p, d, groups),
+                 np.float64)
+
+
 def test_depthwise_planes_kernel_falls_back_when_planes_exceed_the_workspace(rng,
                                                                            monkeypatch):
     x = rng.standard_normal((2, 4, 40, 40)).astype(np.float32)

@@ -12,7 +12,8 @@ tile element e, over all T tiles at once. The steps:
 
 1. filter transform  U = G w G^T            numba, parallel over K; kept for the next
                                             call with the same weights (_kept_filter)
-2. input transform   V = B^T d B            numba, parallel over channels
+2. input transform   V = B^T d B            numba, parallel over channels (over tiles
+                                            in the channels-last kernel)
 3. alpha^2 GEMMs     M = U @ V              np.matmul on (alpha^2, K, C) @ (alpha^2, C, T)
 4. output transform  Y = A^T M A (+ bias)   numba, parallel over output channels
 
@@ -56,7 +57,7 @@ CHUNK_TARGET_BYTES = 64 * 2**20     # V + M of one chunk (measured: see _chunk_r
 # 2.58/2.08, 8x128x48x48 (12) 3.59/3.36, 8x64x56x56 (14) 2.1/2.2, 2x128x112x112 (28)
 # 3.28/4.44, 1x64x224x224 (56) 3.0/14.3: the gather's per-channel tiles outgrow the cache).
 ROW_KERNEL_MIN_TILES = {2: 6, 4: 14}
-ROW_KERNEL_MIN_TILES_OTHER = 7
+ROW_KERNEL_MIN_TILES_OTHER = 7     # other tile sizes (not measured): between the two
 # Batches of at most this many tiles in all, with at least CHANNELS_LAST_MIN_CHANNELS
 # channels, take the channels-last input transform: its vector loops run over channels
 # instead of over a channel's few tiles (measured interleaved, F(4x4), ms whole call,
