@@ -1,6 +1,7 @@
-"""Float32 error of Winograd F(2x2,3x3) and F(4x4,3x3) on VGG-16-sized layers.
+"""Float32 error of Winograd F(2x2,3x3) and F(4x4,3x3) on VGG-16-sized layers, and of
+F(4x4,5x5) (which `auto` runs on 5x5 layers) on 5x5 layers of GoogLeNet and AlexNet.
 
-    python benchmarks/winograd_error.py          # markdown table for docs/performance.md
+    python benchmarks/winograd_error.py          # markdown tables for docs/performance.md
 
 Error = max |winograd_float32 - exact| / max |exact|, exact = the float64 im2col
 convolution (itself within 1e-10 of fastconv.reference). Inputs: standard normal
@@ -23,38 +24,62 @@ LAYERS = {  # batch 1 VGG-16 3x3 layers (input channels, size, output channels)
 }
 
 
+LAYERS_5x5 = {  # (batch, input channels, size, output channels)
+    "alexnet conv2": (1, 64, 27, 192),
+    "googlenet 3a 5x5": (1, 16, 28, 32),
+    "googlenet 4e 5x5": (1, 32, 14, 128),
+    "benchmark conv_5x5": (8, 32, 32, 64),
+    "wide 5x5": (1, 256, 28, 256),
+}
+
+
 def _rel(approx, exact):
     return float(np.abs(approx - exact).max() / np.abs(exact).max())
 
 
+def _row(rng, name, n, c, hw, k, r, tiles):
+    """[name, shape, im2col error, then forward and grad_input error per tile]: a
+    same-padded r x r layer."""
+    pad = r // 2
+    x = np.maximum(rng.standard_normal((n, c, hw, hw)), 0)
+    w = rng.standard_normal((k, c, r, r)) * np.sqrt(2 / (r * r * c))
+    exact = fc.conv2d(x, w, padding=pad, algorithm="im2col")
+    go = rng.standard_normal(exact.shape)
+    exact_gi = fc.conv2d_grad_input(go, w, x.shape, padding=pad, algorithm="im2col")
+    x32, w32, go32 = (a.astype(np.float32) for a in (x, w, go))
+    row = [name, f"{n}x{c}x{hw}x{hw} -> {k}"]
+    row.append(_rel(fc.conv2d(x32, w32, padding=pad, algorithm="im2col"), exact))
+    geometry = ((1, 1), (pad,) * 4, (1, 1), 1)
+    for tile in tiles:
+        out = winograd.conv2d(x32, w32, None, *geometry, (hw, hw), tile=tile)
+        gi = winograd.conv2d_grad_input(go32, w32, x.shape, *geometry, tile=tile)
+        row += [_rel(out, exact), _rel(gi, exact_gi)]
+    return row
+
+
 def measure(seed=0):
     rng = np.random.default_rng(seed)
-    rows = []
-    for name, (c, hw, k) in LAYERS.items():
-        x = np.maximum(rng.standard_normal((1, c, hw, hw)), 0)
-        w = rng.standard_normal((k, c, 3, 3)) * np.sqrt(2 / (9 * c))
-        exact = fc.conv2d(x, w, padding=1, algorithm="im2col")
-        go = rng.standard_normal(exact.shape)
-        exact_gi = fc.conv2d_grad_input(go, w, x.shape, padding=1, algorithm="im2col")
-        x32, w32, go32 = (a.astype(np.float32) for a in (x, w, go))
-        row = [name, f"1x{c}x{hw}x{hw} -> {k}"]
-        row.append(_rel(fc.conv2d(x32, w32, padding=1, algorithm="im2col"), exact))
-        for tile in (2, 4):
-            out = winograd.conv2d(x32, w32, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, (hw, hw),
-                                  tile=tile)
-            gi = winograd.conv2d_grad_input(go32, w32, x.shape, (1, 1), (1, 1, 1, 1), (1, 1),
-                                            1, tile=tile)
-            row += [_rel(out, exact), _rel(gi, exact_gi)]
-        rows.append(row)
-    return rows
+    return [_row(rng, name, 1, c, hw, k, 3, (2, 4)) for name, (c, hw, k) in LAYERS.items()]
+
+
+def measure_5x5(seed=0):
+    rng = np.random.default_rng(seed)
+    return [_row(rng, name, *spec, 5, (4,)) for name, spec in LAYERS_5x5.items()]
+
+
+def _table(header, rows):
+    print(header)
+    print("|---" * header.count(" | ") + "|---|")
+    for row in rows:
+        print("| " + " | ".join(row[:2] + [f"{v:.1e}" for v in row[2:]]) + " |")
 
 
 def main():
-    print("| layer | shape | im2col f32 | F(2x2) fwd | F(2x2) grad_input "
-          "| F(4x4) fwd | F(4x4) grad_input |")
-    print("|---|---|---|---|---|---|---|")
-    for row in measure():
-        print("| " + " | ".join(row[:2] + [f"{v:.1e}" for v in row[2:]]) + " |")
+    _table("| layer | shape | im2col f32 | F(2x2) fwd | F(2x2) grad_input "
+           "| F(4x4) fwd | F(4x4) grad_input |", measure())
+    print()
+    _table("| 5x5 layer | shape | im2col f32 | F(4x4,5x5) fwd | F(4x4,5x5) grad_input |",
+           measure_5x5())
 
 
 if __name__ == "__main__":

@@ -246,7 +246,9 @@ def _all_finite(arr) -> bool:
 def winograd_supports(w_shape, stride, dilation):
     """(ok, reason): Winograd F(m x m, 3x3) needs a 3x3 kernel, stride 1, dilation 1."""
     if tuple(w_shape[2:]) != (3, 3):
-        return False, f"it needs a 3x3 kernel, got {w_shape[2]}x{w_shape[3]}"
+        hint = (" (algorithm='auto' runs Winograd F(4x4,5x5) on 5x5 layers where it "
+                "measured faster)" if tuple(w_shape[2:]) == (5, 5) else "")
+        return False, f"it needs a 3x3 kernel, got {w_shape[2]}x{w_shape[3]}{hint}"
     if tuple(stride) != (1, 1):
         return False, f"it needs stride 1, got stride={tuple(stride)}"
     if tuple(dilation) != (1, 1):
@@ -593,5 +595,8 @@ def explain(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, device=
     algorithm, reason = choose_algorithm(device, problem.x_shape, problem.w_shape,
                                          problem.stride, problem.dilation, problem.groups,
                                          operation)
+    tile = problem._backend_options(device, algorithm, operation).get("tile")
+    if tile is not None:
+        algorithm += f" F({tile}x{tile},{w_shape[2]}x{w_shape[3]})"
     return (f"{operation} {problem.x_shape} * {problem.w_shape} -> {problem.out_shape} "
             f"on {device}: {algorithm} ({reason})")

@@ -2,7 +2,7 @@
 
     choose(device, x_shape, w_shape, stride, dilation, groups, operation="conv2d")
         -> (algorithm, reason)          # "direct" | "im2col" | "winograd"
-    winograd_tile(x_shape, w_shape, out_hw) -> 2 or 4   # F(2x2,3x3) or F(4x4,3x3)
+    winograd_tile(x_shape, w_shape, out_hw) -> 2 or 4   # F(2x2,r x r) or F(4x4,r x r)
 
 The rule is derived from the measurements in docs/performance.md (this 2-core
 Zen4 machine, float32, interleaved timings against PyTorch's oneDNN and a NumPy
@@ -30,6 +30,16 @@ WINOGRAD_MIN_PIXELS = 1024             # N * out_h * out_w
 # 19.9/24.1, 8x512x7x7 (1.0x) 11.95/12.66, 8x64x8x8 (1.0x) 0.60/0.67, but 4x128x10x10
 # (1.44x) 1.48/1.23.
 F4_MAX_AREA_RATIO = 1.4
+# 5x5 kernels, stride 1: on the CPU `auto` also runs Winograd F(4x4,5x5) (8x8 input tiles,
+# 4 instead of 25 multiplies per output). `algorithm="winograd"` itself stays the 3x3
+# algorithms of DESIGN.md. Measured interleaved (2-core Zen4, float32, ms im2col /
+# F(4x4,5x5) with the filter kept / new weights / F(2x2,5x5)): 8x32x32x32 -> 64 5.79 /
+# 3.88 / 4.34 / 8.12, 8x128x16x16 -> 128 10.7 / 5.05 / 6.18 / 8.16, 2x64x56x56 8.46 /
+# 4.10 / 4.48 / 8.18, 8x256x8x8 10.6 / 5.62 / 10.0 / 7.12, 8x16x16x16 0.53 / 0.44 / 0.46
+# / 0.62, 4x64x16x16 1.54 / 1.19 / 1.27 / 1.95; at 1024 pixels a tie (1x32x32x32 0.62 /
+# 0.63), below it im2col (1x16x32x32 0.29 / 0.32): the 3x3 thresholds hold. F(2x2,5x5)
+# never won, so 5x5 always takes F(4x4).
+WINOGRAD_KERNELS = {"cpu": ((3, 3), (5, 5)), "cuda": ((3, 3),)}
 
 # The table behind the rule: ms on this machine, one interleaved run, 2026-11-30, the
 # same weights on every call (docs/performance.md has it with ratios and the cost of new
@@ -44,7 +54,7 @@ MEASURED = {
     "resnet50_7 8x512x7x7": (35.5, 11.6, 9.1, 10.4, 14.7, 8.6),
     "resnet50_1x1 8x256x56x56->64": (16.7, 6.3, None, None, 6.5, 7.1),
     "strided_3x3 8x64x56x56 s2": (15.5, 7.2, None, None, 8.1, 4.9),
-    "conv_5x5 8x32x32x32": (24.3, 7.1, None, None, 8.4, 4.0),
+    "conv_5x5 8x32x32x32": (24.3, 7.1, None, None, 8.4, 4.0),   # winograd: F(4x4,5x5)
     "depthwise_3x3 8x64x56x56": (0.98, 4.7, 6.3, 9.3, 5.4, 1.52),
     "mnist_lenet 64x1x28x28": (0.68, 0.80, 6.5, 10.3, 0.97, 0.59),
     "small_batch_3x3 1x64x56x56": (4.6, 1.88, 1.53, 1.98, 2.4, 1.38),
@@ -58,7 +68,10 @@ def _is_depthwise(x_shape, w_shape, groups):
 def winograd_tile(x_shape, w_shape, out_hw):
     """The faster Winograd tile on the CPU: 4 (F(4x4,3x3)) unless padding the output to
     whole 4x4 tiles covers more than F4_MAX_AREA_RATIO times the area of whole 2x2
-    tiles (then 2, F(2x2,3x3))."""
+    tiles (then 2, F(2x2,3x3)); always 4 for 5x5 kernels (F(4x4,5x5))."""
+    if tuple(w_shape[2:]) != (3, 3):
+        return 4
+
     def padded_area(m):
         return (-(-out_hw[0] // m) * m) * (-(-out_hw[1] // m) * m)
     return 4 if padded_area(4) <= F4_MAX_AREA_RATIO * padded_area(2) else 2
@@ -78,19 +91,25 @@ def choose(device, x_shape, w_shape, stride, dilation, groups, operation="conv2d
             and tuple(stride) == (1, 1)):
         return "direct", ("one input channel per group, stride 1: the plane kernel (a GEMM "
                           "would reduce over only kh*kw values; mnist_lenet measured)")
-    winograd_ok = (kh, kw) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+    winograd_ok = ((kh, kw) in WINOGRAD_KERNELS[device] and tuple(stride) == (1, 1)
+                   and tuple(dilation) == (1, 1))
     if winograd_ok and operation != "conv2d_grad_weight":
+        size = f"{kh}x{kw}"
         if device == "cuda":
             if min(c_per_group, k_per_group) >= WINOGRAD_MIN_CHANNELS_CUDA:
                 return "winograd", "3x3 stride 1 with >= 32 channels: F(4x4,3x3), 4x fewer multiplies"
             return "im2col", "3x3 stride 1 but few channels: the tiled GEMM"
         if min(c_per_group, k_per_group) < WINOGRAD_MIN_CHANNELS:
-            return "im2col", (f"3x3 stride 1, but {min(c_per_group, k_per_group)} channels "
+            return "im2col", (f"{size} stride 1, but {min(c_per_group, k_per_group)} channels "
                               "per group are too few to amortise Winograd's transforms")
         pixels = n * h * w
         if pixels < WINOGRAD_MIN_PIXELS:
-            return "im2col", (f"3x3 stride 1, but only {pixels} pixels: Winograd's filter "
+            return "im2col", (f"{size} stride 1, but only {pixels} pixels: Winograd's filter "
                               "transform would dominate (resnet50_7 measured)")
+        if (kh, kw) == (5, 5):
+            return "winograd", ("5x5 stride 1 with enough channels and pixels: Winograd "
+                                "F(4x4,5x5) does 6.25x fewer multiplies (auto only: "
+                                "algorithm='winograd' is 3x3)")
         return "winograd", ("3x3 stride 1 with enough channels and pixels: Winograd does "
                             "2.25x (F(2x2)) to 4x (F(4x4)) fewer multiplies")
     if (kh, kw) == (1, 1) and tuple(stride) == (1, 1):

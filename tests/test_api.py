@@ -96,7 +96,11 @@ def test_explain_names_an_algorithm_and_a_reason():
 
 
 @pytest.mark.parametrize("x_shape, w_shape, kw, picked", [
-    ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd"),
+    ((8, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd F(4x4,3x3)"),
+    ((8, 32, 32, 32), (64, 32, 5, 5), dict(padding=2), "winograd F(4x4,5x5)"),
+    ((1, 16, 16, 16), (16, 16, 5, 5), dict(padding=2), "im2col"),     # too few pixels
+    ((8, 32, 32, 32), (64, 32, 5, 5), dict(stride=2), "im2col"),
+    ((8, 32, 32, 32), (64, 32, 5, 5), dict(dilation=2), "im2col"),
     ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "im2col"),        # too few pixels
     ((8, 64, 56, 56), (64, 1, 3, 3), dict(padding=1, groups=64), "direct"),  # depthwise
     ((64, 1, 28, 28), (32, 1, 3, 3), dict(), "direct"),          # one input channel
@@ -114,6 +118,7 @@ def test_auto_rule_on_the_benchmark_layers(x_shape, w_shape, kw, picked):
 def test_winograd_tile_rule(out_hw, tile):
     from fastconv import autotune
     assert autotune.winograd_tile((8, 64) + out_hw, (64, 64, 3, 3), out_hw) == tile
+    assert autotune.winograd_tile((8, 64) + out_hw, (64, 64, 5, 5), out_hw) == 4
 
 
 @pytest.mark.parametrize("algorithm", ["auto"] + ALGORITHMS)

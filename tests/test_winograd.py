@@ -1,5 +1,5 @@
 """Winograd F(2x2,3x3) and F(4x4,3x3) on the CPU against the references and
-against the other algorithms."""
+against the other algorithms; and F(m x m, 5x5), which `auto` runs on 5x5 layers."""
 import numpy as np
 import pytest
 
@@ -11,6 +11,7 @@ from fastconv.shapes import conv_geometry
 from .conftest import assert_close
 
 TILES = [2, 4]
+KERNELS = [3, 5]      # kernel sizes the backend serves (5x5 through `auto` only)
 CASES = [  # (x shape, K, padding, groups): partial border tiles, asymmetric padding, groups
     ((1, 1, 3, 3), 1, 0, 1),
     ((2, 3, 11, 10), 4, 1, 1),
@@ -21,32 +22,37 @@ CASES = [  # (x shape, K, padding, groups): partial border tiles, asymmetric pad
 ]
 
 
-def _case(rng, x_shape, k, padding, groups, dtype):
+def _case(rng, x_shape, k, padding, groups, dtype, r=3):
     x = rng.standard_normal(x_shape).astype(dtype)
-    w = rng.standard_normal((k, x_shape[1] // groups, 3, 3)).astype(dtype)
+    w = rng.standard_normal((k, x_shape[1] // groups, r, r)).astype(dtype)
     b = rng.standard_normal(k).astype(dtype)
-    s, p, d, out_hw = conv_geometry(x_shape[2:], (3, 3), 1, padding, 1)
+    s, p, d, out_hw = conv_geometry(x_shape[2:], (r, r), 1, padding, 1)
     go = rng.standard_normal((x_shape[0], k) + out_hw).astype(dtype)
     return x, w, b, p, out_hw, go
 
 
+@pytest.mark.parametrize("r", KERNELS)
 @pytest.mark.parametrize("tile", TILES)
-def test_matrices_compute_a_1d_correlation(tile):
-    AT, G, BT = winograd.winograd_matrices(tile)
-    assert AT.shape == (tile, tile + 2) and G.shape == (tile + 2, 3) and BT.shape == (tile + 2,) * 2
+def test_matrices_compute_a_1d_correlation(tile, r):
+    AT, G, BT = winograd.winograd_matrices(tile, r)
+    alpha = tile + r - 1
+    assert AT.shape == (tile, alpha) and G.shape == (alpha, r) and BT.shape == (alpha, alpha)
     rng = np.random.default_rng(0)
-    g, d = rng.standard_normal(3), rng.standard_normal(tile + 2)
-    expected = [g @ d[i:i + 3] for i in range(tile)]
+    g, d = rng.standard_normal(r), rng.standard_normal(alpha)
+    expected = [g @ d[i:i + r] for i in range(tile)]
     np.testing.assert_allclose(AT @ ((G @ g) * (BT @ d)), expected, rtol=1e-13, atol=1e-13)
     # B^T is integral: the input transform is exact in any float type.
     np.testing.assert_array_equal(BT, np.round(BT))
 
 
+@pytest.mark.parametrize("r", KERNELS)
 @pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("x_shape, k, padding, groups", CASES)
-def test_forward_and_grad_input_match_reference(x_shape, k, padding, groups, dtype, tile, rng):
-    x, w, b, p, out_hw, go = _case(rng, x_shape, k, padding, groups, dtype)
+def test_forward_and_grad_input_match_reference(x_shape, k, padding, groups, dtype, tile, r,
+                                                rng):
+    x_shape = x_shape[:2] + (x_shape[2] + r - 3, x_shape[3] + r - 3)   # room for r x r
+    x, w, b, p, out_hw, go = _case(rng, x_shape, k, padding, groups, dtype, r)
     out = winograd.conv2d(x, w, b, (1, 1), p, (1, 1), groups, out_hw, tile=tile)
     assert out.dtype == dtype
     assert_close(out, reference.conv2d(x, w, b, (1, 1), p, (1, 1), groups), dtype, 1e-3)
@@ -89,13 +95,15 @@ def test_small_workspace_runs_in_chunks_with_the_same_result(rng):
         fc.config.workspace_bytes = original
 
 
-@pytest.mark.parametrize("tile, bound", [(2, 1e-5), (4, 1e-4)])
-def test_float32_error_on_a_vgg_sized_layer(tile, bound, rng):
-    """Documented in performance.md: F(2x2) ~1e-6, F(4x4) ~1e-5 of the output's scale."""
+@pytest.mark.parametrize("tile, r, bound", [(2, 3, 1e-5), (4, 3, 1e-4), (4, 5, 1e-4)])
+def test_float32_error_on_a_vgg_sized_layer(tile, r, bound, rng):
+    """Documented in performance.md: F(2x2,3x3) ~1e-6, F(4x4,3x3) and F(4x4,5x5) ~1e-5
+    of the output's scale."""
     x = rng.standard_normal((1, 64, 28, 28)).astype(np.float32)
-    w = (rng.standard_normal((64, 64, 3, 3)) * np.sqrt(2 / (9 * 64))).astype(np.float32)
-    out = winograd.conv2d(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, (28, 28), tile=tile)
-    expected = reference.conv2d(x, w, None, (1, 1), (1, 1, 1, 1))
+    w = (rng.standard_normal((64, 64, r, r)) * np.sqrt(2 / (r * r * 64))).astype(np.float32)
+    pad = (r // 2,) * 4
+    out = winograd.conv2d(x, w, None, (1, 1), pad, (1, 1), 1, (28, 28), tile=tile)
+    expected = reference.conv2d(x, w, None, (1, 1), pad)
     assert np.abs(out - expected).max() / np.abs(expected).max() < bound
 
 
@@ -107,10 +115,11 @@ def test_winograd_refuses_what_it_cannot_do():
             fc.conv2d(x, np.ones(w_shape, np.float32), algorithm="winograd", **kw)
 
 
+@pytest.mark.parametrize("r", KERNELS)
 @pytest.mark.parametrize("tile", TILES)
-def test_filter_transform_is_g_w_gt(tile, rng):
-    w = rng.standard_normal((5, 3, 3, 3))
-    _, G, _ = winograd.winograd_matrices(tile)
+def test_filter_transform_is_g_w_gt(tile, r, rng):
+    w = rng.standard_normal((5, 3, r, r))
+    _, G, _ = winograd.winograd_matrices(tile, r)
     expected = np.einsum("ai,kcij,bj->abkc", G, w, G).reshape(-1, 5, 3)
     np.testing.assert_allclose(winograd.transform_filter(w, tile), expected, rtol=1e-13,
                                atol=1e-13)
@@ -161,17 +170,22 @@ def _force_input_transform(monkeypatch, kernel):
 
 @pytest.mark.parametrize("kernel", INPUT_TRANSFORMS)
 @pytest.mark.parametrize("tile", TILES)
-@pytest.mark.parametrize("x_shape, k, padding, groups", CASES + [((3, 2, 13, 30), 3, 2, 1)])
-def test_every_input_transform_matches_reference(x_shape, k, padding, groups, tile,
+@pytest.mark.parametrize("x_shape, k, padding, groups, r", [c + (3,) for c in CASES] + [
+    ((3, 2, 13, 30), 3, 2, 1, 3),
+    ((3, 2, 13, 30), 3, 2, 1, 5),
+    ((2, 3, 11, 17), 4, ((0, 3), (2, 1)), 1, 5),
+    ((1, 6, 9, 9), 6, "same", 6, 5),
+])
+def test_every_input_transform_matches_reference(x_shape, k, padding, groups, r, tile,
                                                  kernel, rng, monkeypatch):
     _force_input_transform(monkeypatch, kernel)
-    x, w, b, p, out_hw, _ = _case(rng, x_shape, k, padding, groups, np.float64)
+    x, w, b, p, out_hw, _ = _case(rng, x_shape, k, padding, groups, np.float64, r)
     expected = reference.conv2d(x, w, b, (1, 1), p, (1, 1), groups)
     np.testing.assert_allclose(winograd.conv2d(x, w, b, (1, 1), p, (1, 1), groups, out_hw,
                                                tile=tile), expected, rtol=1e-10, atol=1e-10)
     # chunks of a few tile rows: bands that start inside an image and cross into the next
     tiles_h, tiles_w = winograd._tile_grid(out_hw, tile)
-    alpha = tile + 2
+    alpha = tile + r - 1
     row_bytes = alpha * alpha * tiles_w * (x_shape[1] + k) * 8
     monkeypatch.setattr(winograd, "CHUNK_TARGET_BYTES", 3 * row_bytes)
     np.testing.assert_allclose(winograd.conv2d(x, w, b, (1, 1), p, (1, 1), groups, out_hw,
@@ -232,9 +246,41 @@ def test_kept_filters_stay_within_their_bound(rng, monkeypatch):
 @pytest.mark.parametrize("tile", [3, 6])
 def test_other_tile_sizes_take_the_generic_passes(tile, kernel, rng, monkeypatch):
     """F(2x2) and F(4x4) run written-out passes (_split_phases; _mix6 for F(4x4)); any
-    other tile size runs the generic loops, which must agree with the reference too."""
+    other tile size runs the generic loops (F(6x6)'s input transform: _mix8), which
+    must agree with the reference too."""
     _force_input_transform(monkeypatch, kernel)
     x, w, b, p, out_hw, _ = _case(rng, (2, 3, 14, 17), 4, ((1, 0), (2, 1)), 1, np.float64)
     expected = reference.conv2d(x, w, b, (1, 1), p, (1, 1), 1)
     np.testing.assert_allclose(winograd.conv2d(x, w, b, (1, 1), p, (1, 1), 1, out_hw,
                                                tile=tile), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_auto_runs_winograd_on_5x5_layers_and_matches_reference(rng):
+    """`auto` takes F(4x4,5x5) on a large enough 5x5 stride-1 layer (forward and
+    grad_input); algorithm="winograd" itself stays 3x3 (DESIGN.md)."""
+    x = rng.standard_normal((2, 16, 24, 24)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    assert "winograd F(4x4,5x5)" in fc.explain(x.shape, w.shape, padding=2)
+    assert "winograd F(4x4,5x5)" in fc.explain(x.shape, w.shape, padding=2,
+                                              operation="conv2d_grad_input")
+    calls = []
+    original = winograd.conv2d
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["tile"] if "tile" in kwargs else args[8])   # (..., out_hw, tile)
+        return original(*args, **kwargs)
+
+    try:
+        winograd.conv2d = spy
+        out = fc.conv2d(x, w, b, padding=2)
+        go = rng.standard_normal(out.shape).astype(np.float32)
+        gi = fc.conv2d_grad_input(go, w, x.shape, padding=2)
+    finally:
+        winograd.conv2d = original
+    assert calls == [4, 4]
+    assert_close(out, reference.conv2d(x, w, b, (1, 1), (2, 2, 2, 2)), np.float32, 1e-3)
+    assert_close(gi, reference.conv2d_grad_input(go, w, x.shape, (1, 1), (2, 2, 2, 2)),
+                 np.float32, 1e-3)
+    with pytest.raises(ValueError, match="3x3 kernel.*auto"):
+        fc.conv2d(x, w, padding=2, algorithm="winograd")

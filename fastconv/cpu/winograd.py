@@ -1,8 +1,8 @@
-"""Winograd convolution F(m x m, 3 x 3) on the CPU (Lavin & Gray, 2015).
+"""Winograd convolution F(m x m, r x r) on the CPU (Lavin & Gray, 2015).
 
-Backend contract: docs/internals.md. For a 3x3 kernel, stride 1, dilation 1,
-each m x m output tile is computed from an alpha x alpha input tile
-(alpha = m + 2) as
+Backend contract: docs/internals.md. For an r x r kernel (3x3: `algorithm="winograd"`;
+5x5: chosen by `auto` only, see autotune.py), stride 1, dilation 1, each m x m
+output tile is computed from an alpha x alpha input tile (alpha = m + r - 1) as
 
     Y = A^T [ (G g G^T)  (.)  (B^T d B) ] A
 
@@ -18,7 +18,7 @@ tile element e, over all T tiles at once. The steps:
 4. output transform  Y = A^T M A (+ bias)   numba, parallel over output channels
 
 The input transform has three kernels: for wide images (a row of at least
-ROW_KERNEL_MIN_TILES[m] tiles) it splits padded rows into column phases so that
+ROW_KERNEL_MIN_TILES[alpha] tiles) it splits padded rows into column phases so that
 each step is a shifted vector pass over a whole band of tile rows (input
 transform 1.5-3x faster on 224-, 56- and 28-wide layers); for narrow ones it
 gathers each tile's alpha x alpha values first (a band is then too short to
@@ -27,10 +27,11 @@ channels-last copy of the input, vectorised over the channels.
 
 The matrices A^T, G, B^T are data, built by `winograd_matrices` from the
 interpolation points (0, 1, -1, 2, -2, ... and infinity) by Toom-Cook; the
-kernels are generic in alpha, with F(4x4)'s alpha = 6 written out in `_mix6`:
-all rows of a transform matrix in one pass (the others, F(2x2) included, make one
-pass per coefficient: a second written-out version for F(2x2), now rarely chosen,
-cost more compile time than it saved). Tiles are processed in chunks of tile rows so that V and M stay within
+kernels are generic in alpha, with alpha = 6 (F(4x4,3x3)) and alpha = 8
+(F(4x4,5x5)) written out in `_mix6` and `_mix8`: all rows of a transform matrix in
+one pass (the others, F(2x2,3x3) included, make one pass per coefficient: a
+written-out version for F(2x2), now rarely chosen, cost more compile time than it
+saved). Tiles are processed in chunks of tile rows so that V and M stay within
 `config.workspace_bytes` (and near CHUNK_TARGET_BYTES).
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ from ..config import config
 from . import direct
 from ._common import HELPER, KERNEL, bias_or_zeros, copy, grad_input_as_forward
 
-R = 3                               # kernel size Winograd serves
+R = 3                               # kernel size of algorithm="winograd"
 DEFAULT_TILE = 4                    # F(4x4, 3x3)
 CHUNK_TARGET_BYTES = 64 * 2**20     # V + M of one chunk (measured: see _chunk_rows)
 # Tiles per row from which the row-phase input transform wins, per tile size m (measured
@@ -56,8 +57,11 @@ CHUNK_TARGET_BYTES = 64 * 2**20     # V + M of one chunk (measured: see _chunk_r
 # 1.31/1.55, 8x256x14x14 1.57/2.03, 8x64x56x56 (28) 1.97/3.94; F(4x4): 8x128x28x28 (7)
 # 2.58/2.08, 8x128x48x48 (12) 3.59/3.36, 8x64x56x56 (14) 2.1/2.2, 2x128x112x112 (28)
 # 3.28/4.44, 1x64x224x224 (56) 3.0/14.3: the gather's per-channel tiles outgrow the cache).
-ROW_KERNEL_MIN_TILES = {2: 6, 4: 14}
-ROW_KERNEL_MIN_TILES_OTHER = 7     # other tile sizes (not measured): between the two
+# F(4x4,5x5) (alpha 8), ms rows/gather: 8x32x32x32 (8 tiles) 1.52/0.83, 2x64x56x56 (14)
+# 1.78/1.15, 1x32x112x112 (28) 1.17/1.00, 1x16x224x224 (56) 1.64/1.48: the gather, with
+# its written-out passes (`_mix8`), against the row kernel's generic ones.
+ROW_KERNEL_MIN_TILES = {4: 6, 6: 14, 8: 2**31}     # by alpha (input tile size)
+ROW_KERNEL_MIN_TILES_OTHER = 7     # other tile sizes (not measured)
 # Batches of at most this many tiles in all, with at least CHANNELS_LAST_MIN_CHANNELS
 # channels, take the channels-last input transform: its vector loops run over channels
 # instead of over a channel's few tiles (measured interleaved, F(4x4), ms whole call,
@@ -205,6 +209,48 @@ def _mix6(C, o0, o1, o2, o3, o4, o5, i0, i1, i2, i3, i4, i5):
 
 
 @numba.njit(**HELPER)
+def _mix8(C, o0, o1, o2, o3, o4, o5, o6, o7, i0, i1, i2, i3, i4, i5, i6, i7):
+    """`_mix6` for an 8x8 matrix C (B^T of F(4x4,5x5), or A^T padded with zero rows).
+    Input transform 2.8x and output transform 2x faster than `_combine`'s passes on
+    8x32x32x32 -> 64 (1.56 -> 0.56 ms, 1.80 -> 0.89 ms); first-call compile time
+    +2 s for every Winograd kernel that inlines it (cold cache: 14.8 -> 16.9 s)."""
+    c00, c01, c02, c03, c04, c05, c06, c07 = (C[0, 0], C[0, 1], C[0, 2], C[0, 3],
+                                              C[0, 4], C[0, 5], C[0, 6], C[0, 7])
+    c10, c11, c12, c13, c14, c15, c16, c17 = (C[1, 0], C[1, 1], C[1, 2], C[1, 3],
+                                              C[1, 4], C[1, 5], C[1, 6], C[1, 7])
+    c20, c21, c22, c23, c24, c25, c26, c27 = (C[2, 0], C[2, 1], C[2, 2], C[2, 3],
+                                              C[2, 4], C[2, 5], C[2, 6], C[2, 7])
+    c30, c31, c32, c33, c34, c35, c36, c37 = (C[3, 0], C[3, 1], C[3, 2], C[3, 3],
+                                              C[3, 4], C[3, 5], C[3, 6], C[3, 7])
+    c40, c41, c42, c43, c44, c45, c46, c47 = (C[4, 0], C[4, 1], C[4, 2], C[4, 3],
+                                              C[4, 4], C[4, 5], C[4, 6], C[4, 7])
+    c50, c51, c52, c53, c54, c55, c56, c57 = (C[5, 0], C[5, 1], C[5, 2], C[5, 3],
+                                              C[5, 4], C[5, 5], C[5, 6], C[5, 7])
+    c60, c61, c62, c63, c64, c65, c66, c67 = (C[6, 0], C[6, 1], C[6, 2], C[6, 3],
+                                              C[6, 4], C[6, 5], C[6, 6], C[6, 7])
+    c70, c71, c72, c73, c74, c75, c76, c77 = (C[7, 0], C[7, 1], C[7, 2], C[7, 3],
+                                              C[7, 4], C[7, 5], C[7, 6], C[7, 7])
+    for q in range(o0.shape[0]):
+        v0, v1, v2, v3, v4, v5, v6, v7 = i0[q], i1[q], i2[q], i3[q], i4[q], i5[q], i6[q], i7[q]
+        o0[q] = (c00 * v0 + c01 * v1 + c02 * v2 + c03 * v3
+                 + c04 * v4 + c05 * v5 + c06 * v6 + c07 * v7)
+        o1[q] = (c10 * v0 + c11 * v1 + c12 * v2 + c13 * v3
+                 + c14 * v4 + c15 * v5 + c16 * v6 + c17 * v7)
+        o2[q] = (c20 * v0 + c21 * v1 + c22 * v2 + c23 * v3
+                 + c24 * v4 + c25 * v5 + c26 * v6 + c27 * v7)
+        o3[q] = (c30 * v0 + c31 * v1 + c32 * v2 + c33 * v3
+                 + c34 * v4 + c35 * v5 + c36 * v6 + c37 * v7)
+        o4[q] = (c40 * v0 + c41 * v1 + c42 * v2 + c43 * v3
+                 + c44 * v4 + c45 * v5 + c46 * v6 + c47 * v7)
+        o5[q] = (c50 * v0 + c51 * v1 + c52 * v2 + c53 * v3
+                 + c54 * v4 + c55 * v5 + c56 * v6 + c57 * v7)
+        o6[q] = (c60 * v0 + c61 * v1 + c62 * v2 + c63 * v3
+                 + c64 * v4 + c65 * v5 + c66 * v6 + c67 * v7)
+        o7[q] = (c70 * v0 + c71 * v1 + c72 * v2 + c73 * v3
+                 + c74 * v4 + c75 * v5 + c76 * v6 + c77 * v7)
+
+
+@numba.njit(**HELPER)
 def _transform_2d(BT, d, cols, out, idx):
     """out[a*alpha + b, idx] = (B^T d B)[a, b] for tiles laid out d[i, j, :] (along the
     last axis: tiles, or channels), `cols` (same shape) as scratch: one pass per
@@ -219,6 +265,17 @@ def _transform_2d(BT, d, cols, out, idx):
             _mix6(BT, out[6 * a, idx], out[6 * a + 1, idx], out[6 * a + 2, idx],
                   out[6 * a + 3, idx], out[6 * a + 4, idx], out[6 * a + 5, idx],
                   ca[0], ca[1], ca[2], ca[3], ca[4], ca[5])
+    elif alpha == 8:
+        for j in range(alpha):
+            _mix8(BT, cols[0, j], cols[1, j], cols[2, j], cols[3, j], cols[4, j], cols[5, j],
+                  cols[6, j], cols[7, j], d[0, j], d[1, j], d[2, j], d[3, j], d[4, j],
+                  d[5, j], d[6, j], d[7, j])
+        for a in range(alpha):
+            ca = cols[a]
+            o = 8 * a
+            _mix8(BT, out[o, idx], out[o + 1, idx], out[o + 2, idx], out[o + 3, idx],
+                  out[o + 4, idx], out[o + 5, idx], out[o + 6, idx], out[o + 7, idx],
+                  ca[0], ca[1], ca[2], ca[3], ca[4], ca[5], ca[6], ca[7])
     else:                                         # other tile sizes: a pass per coefficient
         ca = cols[0]                              # one row a at a time
         for a in range(alpha):
@@ -277,7 +334,7 @@ def _input_transform_rows(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
                         copy(phases[ry, j, start:start + tiles_w],
                              phases[ry, j % m, start + j // m:])
             t0, t1 = local * tiles_w, (local + band) * tiles_w
-            if alpha == 6:
+            if alpha == 6 and m == 4:
                 for ry in range(m):
                     p = phases[ry]
                     _mix6(BT, hz[0, ry, :length], hz[1, ry, :length], hz[2, ry, :length],
@@ -365,7 +422,7 @@ def _input_transform_channels_last(xt, BT, V_t, row0, tiles_h, tiles_w, m, pt, p
 def _input_transform(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
     """V[a*alpha + b, c, t] = (B^T d B)[a, b] for the input tile d of each tile t of
     this chunk: the row-phase kernel where rows of tiles are long, else the gather."""
-    if tiles_w >= ROW_KERNEL_MIN_TILES.get(m, ROW_KERNEL_MIN_TILES_OTHER):
+    if tiles_w >= ROW_KERNEL_MIN_TILES.get(BT.shape[0], ROW_KERNEL_MIN_TILES_OTHER):
         _input_transform_rows(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl)
     else:
         _input_transform_gather(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl)
@@ -375,7 +432,8 @@ def _input_transform(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
 def _output_transform(M, AT, bias, out, row0, tiles_h, tiles_w):
     """out[n, k, tile] = (A^T M A) + bias[k], cropped at the bottom/right border.
     Parallel over output channels; both steps are vector loops over the tiles (for
-    F(4x4), six rows at a time by `_mix6` with A^T padded to 6x6 by zero rows)."""
+    F(4x4,3x3) and F(4x4,5x5), alpha rows at a time by `_mix6` / `_mix8` with A^T
+    padded to alpha x alpha by zero rows)."""
     m, alpha = AT.shape
     tiles = M.shape[2]
     chunk_rows = tiles // tiles_w
@@ -384,7 +442,7 @@ def _output_transform(M, AT, bias, out, row0, tiles_h, tiles_w):
     AT_square[:m] = AT
     for k in prange(M.shape[1]):
         y_tile = np.empty((m, m, tiles), dtype=M.dtype)
-        if alpha == 6:
+        if alpha == 6 and m == 4:
             tmp6 = np.empty((alpha, alpha, tiles), dtype=M.dtype)
             for b in range(alpha):                    # tmp6[i, b] = (A^T M)[i, b, :]
                 _mix6(AT_square, tmp6[0, b], tmp6[1, b], tmp6[2, b], tmp6[3, b],
@@ -395,6 +453,19 @@ def _output_transform(M, AT, bias, out, row0, tiles_h, tiles_w):
                 t = tmp6[i]
                 _mix6(AT_square, y_tile[i, 0], y_tile[i, 1], y_tile[i, 2], y_tile[i, 3],
                       spare[0], spare[1], t[0], t[1], t[2], t[3], t[4], t[5])
+        elif alpha == 8 and m == 4:
+            tmp8 = np.empty((alpha, alpha, tiles), dtype=M.dtype)
+            for b in range(alpha):
+                _mix8(AT_square, tmp8[0, b], tmp8[1, b], tmp8[2, b], tmp8[3, b],
+                      tmp8[4, b], tmp8[5, b], tmp8[6, b], tmp8[7, b], M[b, k], M[8 + b, k],
+                      M[16 + b, k], M[24 + b, k], M[32 + b, k], M[40 + b, k], M[48 + b, k],
+                      M[56 + b, k])
+            spare = tmp8[4]
+            for i in range(m):
+                t = tmp8[i]
+                _mix8(AT_square, y_tile[i, 0], y_tile[i, 1], y_tile[i, 2], y_tile[i, 3],
+                      spare[0], spare[1], spare[2], spare[3], t[0], t[1], t[2], t[3], t[4],
+                      t[5], t[6], t[7])
         else:
             tmp = np.empty((alpha, tiles), dtype=M.dtype)   # other tile sizes: generic passes
             for i in range(m):
@@ -421,34 +492,35 @@ def _output_transform(M, AT, bias, out, row0, tiles_h, tiles_w):
 
 @numba.njit(**KERNEL)
 def _filter_transform(weight, G, U):
-    """U[a*alpha + b, k, c] = (G w[k, c] G^T)[a, b], accumulated in float64.
+    """U[a*alpha + b, k, c] = (G w[k, c] G^T)[a, b], accumulated in float64, for an
+    r x r kernel (G is alpha x r).
 
     Parallel over output channels; within one, every step is a vector loop
     along the input channels c (zeros of G skipped)."""
-    alpha = G.shape[0]
+    alpha, r = G.shape
     k_count, c_count = weight.shape[0], weight.shape[1]
     for k in prange(k_count):
-        wt = np.empty((9, c_count), dtype=np.float64)      # w[k] transposed
+        wt = np.empty((r * r, c_count), dtype=np.float64)      # w[k] transposed
         for c in range(c_count):
-            for q in range(9):
-                wt[q, c] = weight[k, c, q // 3, q % 3]
-        tmp = np.zeros((alpha * 3, c_count), dtype=np.float64)   # G w
+            for q in range(r * r):
+                wt[q, c] = weight[k, c, q // r, q % r]
+        tmp = np.zeros((alpha * r, c_count), dtype=np.float64)   # G w
         for a in range(alpha):
-            for i in range(3):
+            for i in range(r):
                 coef = G[a, i]
                 if coef != 0:
-                    for j in range(3):
+                    for j in range(r):
                         for c in range(c_count):
-                            tmp[a * 3 + j, c] += coef * wt[i * 3 + j, c]
+                            tmp[a * r + j, c] += coef * wt[i * r + j, c]
         row = np.empty(c_count, dtype=np.float64)
         for a in range(alpha):
             for b in range(alpha):                          # (G w) G^T
                 row[:] = 0.0
-                for j in range(3):
+                for j in range(r):
                     coef = G[b, j]
                     if coef != 0:
                         for c in range(c_count):
-                            row[c] += coef * tmp[a * 3 + j, c]
+                            row[c] += coef * tmp[a * r + j, c]
                 dst = U[a * alpha + b, k]
                 for c in range(c_count):
                     dst[c] = row[c]
@@ -498,7 +570,7 @@ def _bits(array):
 def _transient_filter(weight, tile):
     """U for weights that will not be seen again (or too big to keep): transformed
     into this thread's scratch, which the next call overwrites."""
-    u_shape = ((tile + R - 1) ** 2,) + weight.shape[:2]
+    u_shape = (_alpha(tile, weight.shape) ** 2,) + weight.shape[:2]
     return transform_filter(weight, tile, out=_scratch("U", u_shape, weight.dtype))
 
 
@@ -520,7 +592,8 @@ def _kept_filter(weight, tile):
             np.copyto(kept_weight, weight)
             transform_filter(weight, tile, out=U)
         return U
-    u_bytes = weight.nbytes // (R * R) * (tile + R - 1) ** 2   # alpha^2 values per 3x3
+    r = weight.shape[2]
+    u_bytes = weight.nbytes // (r * r) * _alpha(tile, weight.shape) ** 2   # alpha^2 per r x r
     if weight.nbytes + u_bytes > FILTER_CACHE_BYTES:
         return _transient_filter(weight, tile)
     U = transform_filter(weight, tile)
@@ -532,14 +605,19 @@ def _kept_filter(weight, tile):
 
 
 def transform_filter(weight, tile=DEFAULT_TILE, out=None):
-    """U (alpha^2, K, C_per_group) = (G w G^T) for every filter (numba, parallel over K;
-    float64 arithmetic, rounded once to the weight's dtype)."""
-    _, G, _ = winograd_matrices(tile)
+    """U (alpha^2, K, C_per_group) = (G w G^T) for every r x r filter (numba, parallel
+    over K; float64 arithmetic, rounded once to the weight's dtype)."""
+    _, G, _ = winograd_matrices(tile, weight.shape[2])
     alpha = G.shape[0]
     weight = np.ascontiguousarray(weight)
     U = np.empty((alpha * alpha,) + weight.shape[:2], dtype=weight.dtype) if out is None else out
     _filter_transform(weight, G, U)
     return U
+
+
+def _alpha(tile, weight_shape):
+    """Input tile size of F(tile x tile, r x r) for an r x r weight."""
+    return tile + weight_shape[2] - 1
 
 
 def _tile_grid(out_hw, tile):
@@ -563,7 +641,7 @@ def _chunk_rows(total_rows, tiles_w, alpha, c_in, c_out, itemsize):
 
 def workspace_bytes_needed(x_shape, weight_shape, out_hw, tile=DEFAULT_TILE, itemsize=4):
     """Scratch bytes `conv2d` uses for these shapes (V and M of one chunk)."""
-    alpha = tile + R - 1
+    alpha = _alpha(tile, weight_shape)
     tiles_h, tiles_w = _tile_grid(out_hw, tile)
     rows = _chunk_rows(x_shape[0] * tiles_h, tiles_w, alpha, x_shape[1], weight_shape[0],
                        itemsize)
@@ -586,14 +664,15 @@ def _multiply(U, V, M, groups):
 
 def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw, tile=DEFAULT_TILE,
            transformed_filter=None, keep_filter=True):
-    """Forward convolution by Winograd F(tile x tile, 3x3). `transformed_filter`
+    """Forward convolution by Winograd F(tile x tile, r x r) for an r x r weight
+    (3x3, or 5x5 from `auto`). `transformed_filter`
     (from `transform_filter`) skips step 1 when the caller keeps it; otherwise the
     transform is kept for the next call with the same weights unless `keep_filter`
     is False (weights made for this call alone)."""
     n, c_in = x.shape[:2]
     c_out = weight.shape[0]
-    AT, _, BT = winograd_matrices(tile)
-    alpha = tile + R - 1
+    AT, _, BT = winograd_matrices(tile, weight.shape[2])
+    alpha = _alpha(tile, weight.shape)
     tiles_h, tiles_w = _tile_grid(out_hw, tile)
     total_rows = n * tiles_h
     rows = _chunk_rows(total_rows, tiles_w, alpha, c_in, c_out, x.dtype.itemsize)
@@ -629,7 +708,7 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw, tile=DEFA
 
 def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups,
                       tile=DEFAULT_TILE):
-    """grad_input of a 3x3 stride-1 convolution: a forward Winograd convolution of
+    """grad_input of an r x r stride-1 convolution: a forward Winograd convolution of
     grad_out with the rotated kernel (`_common.grad_input_as_forward`)."""
     grad_out, rotated, new_padding = grad_input_as_forward(grad_out, weight, padding,
                                                            (1, 1), groups)
