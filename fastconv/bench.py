@@ -78,13 +78,14 @@ def markdown(groups, header):
         impls += [i for i in per if i not in impls]
     lines = [header, "",
              "Each cell: min time in ms, (time / PyTorch's time), [GFLOP/s]. "
-             "Ratio < 1: faster than PyTorch. Bold: fastest fastconv algorithm.", "",
+             "Ratio < 1: faster than PyTorch. Bold: fastest fastconv entry (an algorithm or "
+             "`auto`, which alone runs Winograd F(4x4,5x5) on 5x5 layers).", "",
              "| group | " + " | ".join(impls) + " |",
              "|---|" + "---|" * len(impls)]
     for group, per in groups.items():
         base = per.get(BASELINE, (None,))[0]
         fc_times = {i: t for i, (t, _) in per.items()
-                    if i in ("direct", "im2col", "winograd", "winograd_f2", "fastconv")}
+                    if i in ("direct", "im2col", "winograd", "winograd_f2", "auto", "fastconv")}
         best = min(fc_times, key=fc_times.get) if fc_times else None
         cells = []
         for impl in impls:
