@@ -163,9 +163,8 @@ def _force_input_transform(monkeypatch, kernel):
     monkeypatch.setattr(winograd, "ROW_KERNEL_MIN_TILES", {})
     monkeypatch.setattr(winograd, "ROW_KERNEL_MIN_TILES_OTHER",
                         1 if kernel == "rows" else 10**9)
-    monkeypatch.setattr(winograd, "CHANNELS_LAST_MAX_TILES",
-                        10**9 if kernel == "channels_last" else 0)
-    monkeypatch.setattr(winograd, "CHANNELS_LAST_MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "_channels_last_wins",
+                        lambda c_in, tiles, tiles_w: kernel == "channels_last")
 
 
 @pytest.mark.parametrize("kernel", INPUT_TRANSFORMS)
@@ -178,6 +177,8 @@ def _force_input_transform(monkeypatch, kernel):
 ])
 def test_every_input_transform_matches_reference(x_shape, k, padding, groups, r, tile,
                                                  kernel, rng, monkeypatch):
+    """Each kernel over the grid, in chunks too; the channels-last one also in blocks of
+    tiles that do not divide a chunk's tiles."""
     _force_input_transform(monkeypatch, kernel)
     x, w, b, p, out_hw, _ = _case(rng, x_shape, k, padding, groups, np.float64, r)
     expected = reference.conv2d(x, w, b, (1, 1), p, (1, 1), groups)
@@ -284,3 +285,24 @@ def test_auto_runs_winograd_on_5x5_layers_and_matches_reference(rng):
                  np.float32, 1e-3)
     with pytest.raises(ValueError, match="3x3 kernel.*auto"):
         fc.conv2d(x, w, padding=2, algorithm="winograd")
+
+
+@pytest.mark.parametrize("threads_block", [1, 3, 16])
+def test_channels_last_blocks_of_tiles(threads_block, rng, monkeypatch):
+    """The channels-last kernel's blocks: one tile, a block that does not divide the
+    tiles (a short last block), and blocks longer than the chunk."""
+    monkeypatch.setattr(winograd, "_channels_last_wins", lambda c_in, tiles, tiles_w: True)
+    monkeypatch.setattr(winograd, "CHANNELS_LAST_BLOCK", threads_block)
+    x, w, b, p, out_hw, _ = _case(rng, (3, 5, 9, 11), 4, 1, 1, np.float64)
+    np.testing.assert_allclose(winograd.conv2d(x, w, b, (1, 1), p, (1, 1), 1, out_hw),
+                               reference.conv2d(x, w, b, (1, 1), p), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("c_in, tiles, tiles_w, expected", [
+    (512, 32, 2, True), (256, 16, 4, True), (256, 64, 4, True),    # ResNet 7x7, 14x14
+    (256, 128, 4, False), (512, 128, 4, False),                    # many tiles
+    (128, 16, 4, False), (64, 8, 4, False),                        # few channels
+    (256, 49, 7, False), (512, 14, 14, False),                     # wide images
+])
+def test_channels_last_rule(c_in, tiles, tiles_w, expected):
+    assert winograd._channels_last_wins(c_in, tiles, tiles_w) == expected

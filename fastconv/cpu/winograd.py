@@ -22,8 +22,9 @@ ROW_KERNEL_MIN_TILES[alpha] tiles) it splits padded rows into column phases so t
 each step is a shifted vector pass over a whole band of tile rows (input
 transform 1.5-3x faster on 224-, 56- and 28-wide layers); for narrow ones it
 gathers each tile's alpha x alpha values first (a band is then too short to
-vectorise); for batches of few tiles with many channels it works on a
-channels-last copy of the input, vectorised over the channels.
+vectorise); for very narrow images with many channels (ResNet's 7x7 and 14x14) it
+gathers each tile across the channels and vectorises over them. All three leave V
+in the same layout.
 
 The matrices A^T, G, B^T are data, built by `winograd_matrices` from the
 interpolation points (0, 1, -1, 2, -2, ... and infinity) by Toom-Cook; the
@@ -62,14 +63,22 @@ CHUNK_TARGET_BYTES = 64 * 2**20     # V + M of one chunk (measured: see _chunk_r
 # its written-out passes (`_mix8`), against the row kernel's generic ones.
 ROW_KERNEL_MIN_TILES = {4: 6, 6: 14, 8: 2**31}     # by alpha (input tile size)
 ROW_KERNEL_MIN_TILES_OTHER = 7     # other tile sizes (not measured)
-# Batches of at most this many tiles in all, with at least CHANNELS_LAST_MIN_CHANNELS
-# channels, take the channels-last input transform: its vector loops run over channels
-# instead of over a channel's few tiles (measured interleaved, F(4x4), ms whole call,
-# tile-major / channels-last: 8x512x7x7 (32 tiles) 9.0/8.4, 10.1/9.2, 9.2/8.4,
-# 1x256x14x14 (16) 2.43/2.22; but 8x256x14x14 (128) 6.8/7.1, 6.9/7.2, 8x512x14x14 (128)
-# 20.1/20.3, 8x128x28x28 (392) 6.5/7.4).
+# Chunks of at most CHANNELS_LAST_MAX_TILES tiles of images at most
+# CHANNELS_LAST_MAX_TILES_W tiles wide, with at least CHANNELS_LAST_MIN_CHANNELS channels,
+# take the channels-last input transform: its vector loops run over the channels
+# instead of a channel's few tiles. Measured interleaved (F(4x4,3x3) unless noted, ms),
+# input transform alone, gather / channels-last (both leave the same V): 8x512x7x7 (32
+# tiles) 0.75/0.39, 1x256x14x14 (16) 0.25/0.15, 8x256x14x14 (128) 1.02/0.64, 8x128x14x14
+# (128) 0.48/0.47; the gather wins with fewer channels (8x64x14x14 0.25/0.41; F(4x4,5x5)
+# 2x128x16x16 0.42/0.51) and on wider images, where reads across the channels leave the
+# cache (2x256x28x28, 7 tiles wide: 0.65/1.52; 8x128x28x28 1.11/1.35). Whole calls,
+# tile-major / channels-last: 8x512x7x7 8.9/8.4, 8.6/8.3, 9.5/8.6; 4x256x14x14 4.5/4.2;
+# but 8x256x14x14 6.9/6.9, 7.7/7.4, 8.0/7.6 (a tie: left to the gather) and 8x512x14x14
+# 19.6/20.2, 19.8/20.9, 22.2/23.2 (where the channels-last blocks outgrow the cache).
 CHANNELS_LAST_MAX_TILES = 64
-CHANNELS_LAST_MIN_CHANNELS = 32
+CHANNELS_LAST_MAX_TILES_W = 4
+CHANNELS_LAST_MIN_CHANNELS = 256
+CHANNELS_LAST_BLOCK = 8         # tiles per work item (16: 0-5% slower on 8x256x14x14)
 
 
 # --------------------------------------------------------------------------
@@ -394,35 +403,61 @@ def _input_transform_gather(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
 
 
 @numba.njit(**KERNEL)
-def _input_transform_channels_last(xt, BT, V_t, row0, tiles_h, tiles_w, m, pt, pl):
-    """V_t[a*alpha + b, t, c] = (B^T d B)[a, b] for the input tile d of each tile t of
-    this chunk, from the input in channels-last layout xt (N, H, W, C), for small
-    images with many channels: every step is a vector loop over the channels (the
-    tile-major kernels would loop over a channel's few tiles). Parallel over tiles;
-    the GEMM reads V_t through a transposed view."""
+def _input_transform_channels_last(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl, block):
+    """V[a*alpha + b, c, t] = (B^T d B)[a, b] for the input tile d of each tile t of
+    this chunk, vectorised over the channels instead of the tiles: for narrow images
+    with many channels, where a channel has few tiles. Parallel over blocks of
+    `block` tiles; each tile's values are gathered across the channels (reads that
+    stay in cache on such small planes), both transform passes run along the
+    channels, and the block is written to V transposed, a run of `block` tiles per
+    channel, so that the GEMM reads V as the other kernels leave it."""
     alpha = BT.shape[0]
-    height, width, c_in = xt.shape[1], xt.shape[2], xt.shape[3]
-    for t in prange(V_t.shape[1]):
-        row = row0 + t // tiles_w
-        tx = t % tiles_w
-        n, ty = row // tiles_h, row % tiles_h
-        d = np.empty((alpha, alpha, c_in), dtype=xt.dtype)      # the tile, channels last
-        cols = np.empty((alpha, alpha, c_in), dtype=xt.dtype)   # (B^T d)[a, j, :]
-        for i in range(alpha):
-            y = ty * m + i - pt
-            for j in range(alpha):
-                col = tx * m + j - pl
-                if 0 <= y < height and 0 <= col < width:
-                    copy(d[i, j], xt[n, y, col])
-                else:
-                    d[i, j, :] = 0
-        _transform_2d(BT, d, cols, V_t, t)
+    c_in, height, width = x.shape[1], x.shape[2], x.shape[3]
+    tiles = V.shape[2]
+    for first in prange((tiles + block - 1) // block):
+        t0 = first * block
+        count = min(block, tiles - t0)
+        d = np.empty((alpha, alpha, c_in), dtype=x.dtype)       # one tile, channels last
+        cols = np.empty((alpha, alpha, c_in), dtype=x.dtype)    # (B^T d)[a, j, :]
+        v_block = np.empty((alpha * alpha, block, c_in), dtype=x.dtype)
+        for u in range(count):
+            t = t0 + u
+            row = row0 + t // tiles_w
+            n, ty, tx = row // tiles_h, row % tiles_h, t % tiles_w
+            for i in range(alpha):
+                y = ty * m + i - pt
+                for j in range(alpha):
+                    col = tx * m + j - pl
+                    if 0 <= y < height and 0 <= col < width:
+                        copy(d[i, j], x[n, :, y, col])
+                    else:
+                        d[i, j, :] = 0
+            _transform_2d(BT, d, cols, v_block, u)
+        for e in range(alpha * alpha):
+            src = v_block[e]
+            for c in range(c_in):
+                dst = V[e, c, t0:t0 + count]
+                for u in range(count):
+                    dst[u] = src[u, c]
+
+
+def _channels_last_wins(c_in, tiles, tiles_w):
+    """Whether the channels-last input transform beats the tile-major ones for a chunk
+    of `tiles` tiles (see CHANNELS_LAST_MAX_TILES)."""
+    return (tiles <= CHANNELS_LAST_MAX_TILES and tiles_w <= CHANNELS_LAST_MAX_TILES_W
+            and c_in >= CHANNELS_LAST_MIN_CHANNELS)
 
 
 def _input_transform(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
     """V[a*alpha + b, c, t] = (B^T d B)[a, b] for the input tile d of each tile t of
-    this chunk: the row-phase kernel where rows of tiles are long, else the gather."""
-    if tiles_w >= ROW_KERNEL_MIN_TILES.get(BT.shape[0], ROW_KERNEL_MIN_TILES_OTHER):
+    this chunk: channels-last for narrow images with many channels, the row-phase
+    kernel where rows of tiles are long, else the gather."""
+    tiles = V.shape[2]
+    if _channels_last_wins(x.shape[1], tiles, tiles_w):
+        # blocks of up to CHANNELS_LAST_BLOCK tiles, at least one per thread
+        block = max(1, min(CHANNELS_LAST_BLOCK, -(-tiles // numba.get_num_threads())))
+        _input_transform_channels_last(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl, block)
+    elif tiles_w >= ROW_KERNEL_MIN_TILES.get(BT.shape[0], ROW_KERNEL_MIN_TILES_OTHER):
         _input_transform_rows(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl)
     else:
         _input_transform_gather(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl)
@@ -701,22 +736,12 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw, tile=DEFA
     AT, BT = AT.astype(x.dtype), BT.astype(x.dtype)
     bias = bias_or_zeros(bias, c_out, x.dtype)
     out = np.empty((n, c_out) + tuple(out_hw), dtype=x.dtype)
-    channels_last = (n * tiles_h * tiles_w <= CHANNELS_LAST_MAX_TILES
-                     and c_in >= CHANNELS_LAST_MIN_CHANNELS)
-    if channels_last:
-        xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     for row0 in range(0, total_rows, rows):
         count = min(rows, total_rows - row0)
         # contiguous, also for a shorter last chunk (one kernel specialisation)
         mm = _scratch("M", (alpha * alpha, c_out, count * tiles_w), x.dtype)
-        if channels_last:
-            v_t = _scratch("V", (alpha * alpha, count * tiles_w, c_in), x.dtype)
-            _input_transform_channels_last(xt, BT, v_t, row0, tiles_h, tiles_w, tile,
-                                           padding[0], padding[2])
-            v = v_t.transpose(0, 2, 1)
-        else:
-            v = _scratch("V", (alpha * alpha, c_in, count * tiles_w), x.dtype)
-            _input_transform(x, BT, v, row0, tiles_h, tiles_w, tile, padding[0], padding[2])
+        v = _scratch("V", (alpha * alpha, c_in, count * tiles_w), x.dtype)
+        _input_transform(x, BT, v, row0, tiles_h, tiles_w, tile, padding[0], padding[2])
         _multiply(U, v, mm, groups)
         _output_transform(mm, AT, bias, out, row0, tiles_h, tiles_w)
     return out
