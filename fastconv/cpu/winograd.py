@@ -200,7 +200,8 @@ def _mix6(C, o0, o1, o2, o3, o4, o5, i0, i1, i2, i3, i4, i5):
     inputs. `_combine` makes one pass per output and nonzero coefficient, reading and
     writing its output each time; written out for alpha = 6, this pass is 1.4-1.5x
     faster per transform (the zero coefficients cost multiplies, not memory). It
-    costs compile time: about 1.5 s for each kernel that inlines it."""
+    costs compile time (about 1.5 s for each kernel that inlines it), paid only by
+    calls that run it (`_written_passes`)."""
     c00, c01, c02, c03, c04, c05 = C[0, 0], C[0, 1], C[0, 2], C[0, 3], C[0, 4], C[0, 5]
     c10, c11, c12, c13, c14, c15 = C[1, 0], C[1, 1], C[1, 2], C[1, 3], C[1, 4], C[1, 5]
     c20, c21, c22, c23, c24, c25 = C[2, 0], C[2, 1], C[2, 2], C[2, 3], C[2, 4], C[2, 5]
@@ -221,8 +222,7 @@ def _mix6(C, o0, o1, o2, o3, o4, o5, i0, i1, i2, i3, i4, i5):
 def _mix8(C, o0, o1, o2, o3, o4, o5, o6, o7, i0, i1, i2, i3, i4, i5, i6, i7):
     """`_mix6` for an 8x8 matrix C (B^T of F(4x4,5x5), or A^T padded with zero rows).
     Input transform 2.8x and output transform 2x faster than `_combine`'s passes on
-    8x32x32x32 -> 64 (1.56 -> 0.56 ms, 1.80 -> 0.89 ms); first-call compile time
-    +2 s for every Winograd kernel that inlines it (cold cache: 14.8 -> 16.9 s)."""
+    8x32x32x32 -> 64 (1.56 -> 0.56 ms, 1.80 -> 0.89 ms)."""
     c00, c01, c02, c03, c04, c05, c06, c07 = (C[0, 0], C[0, 1], C[0, 2], C[0, 3],
                                               C[0, 4], C[0, 5], C[0, 6], C[0, 7])
     c10, c11, c12, c13, c14, c15, c16, c17 = (C[1, 0], C[1, 1], C[1, 2], C[1, 3],
@@ -260,29 +260,30 @@ def _mix8(C, o0, o1, o2, o3, o4, o5, o6, o7, i0, i1, i2, i3, i4, i5, i6, i7):
 
 
 @numba.njit(**HELPER)
-def _transform_2d(BT, d, cols, out, idx):
+def _transform_2d(BT, mix6, mix8, d, cols, out, idx):
     """out[a*alpha + b, idx] = (B^T d B)[a, b] for tiles laid out d[i, j, :] (along the
     last axis: tiles, or channels), `cols` (same shape) as scratch: one pass per
-    column of d for B^T d, then one per row for (B^T d) B."""
+    column of d for B^T d, then one per row for (B^T d) B. `mix6` / `mix8`: B^T
+    itself where the written-out passes apply, else None (see `_written_passes`)."""
     alpha = BT.shape[0]
-    if alpha == 6:
+    if mix6 is not None:
         for j in range(alpha):                    # cols[a, j] = (B^T d)[a, j, :]
-            _mix6(BT, cols[0, j], cols[1, j], cols[2, j], cols[3, j], cols[4, j],
+            _mix6(mix6, cols[0, j], cols[1, j], cols[2, j], cols[3, j], cols[4, j],
                   cols[5, j], d[0, j], d[1, j], d[2, j], d[3, j], d[4, j], d[5, j])
         for a in range(alpha):                    # out = (cols B)[a, b, :]
             ca = cols[a]
-            _mix6(BT, out[6 * a, idx], out[6 * a + 1, idx], out[6 * a + 2, idx],
+            _mix6(mix6, out[6 * a, idx], out[6 * a + 1, idx], out[6 * a + 2, idx],
                   out[6 * a + 3, idx], out[6 * a + 4, idx], out[6 * a + 5, idx],
                   ca[0], ca[1], ca[2], ca[3], ca[4], ca[5])
-    elif alpha == 8:
+    elif mix8 is not None:
         for j in range(alpha):
-            _mix8(BT, cols[0, j], cols[1, j], cols[2, j], cols[3, j], cols[4, j], cols[5, j],
+            _mix8(mix8, cols[0, j], cols[1, j], cols[2, j], cols[3, j], cols[4, j], cols[5, j],
                   cols[6, j], cols[7, j], d[0, j], d[1, j], d[2, j], d[3, j], d[4, j],
                   d[5, j], d[6, j], d[7, j])
         for a in range(alpha):
             ca = cols[a]
             o = 8 * a
-            _mix8(BT, out[o, idx], out[o + 1, idx], out[o + 2, idx], out[o + 3, idx],
+            _mix8(mix8, out[o, idx], out[o + 1, idx], out[o + 2, idx], out[o + 3, idx],
                   out[o + 4, idx], out[o + 5, idx], out[o + 6, idx], out[o + 7, idx],
                   ca[0], ca[1], ca[2], ca[3], ca[4], ca[5], ca[6], ca[7])
     else:                                         # other tile sizes: a pass per coefficient
@@ -295,7 +296,7 @@ def _transform_2d(BT, d, cols, out, idx):
 
 
 @numba.njit(**KERNEL)
-def _input_transform_rows(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
+def _input_transform_rows(x, BT, mix6, V, row0, tiles_h, tiles_w, m, pt, pl):
     """V[a*alpha + b, c, t] = (B^T d B)[a, b] for the input tile d of every tile t of
     this chunk (tile rows row0.. of the flattened (image, tile row) index), for
     images wide enough that a row of tiles makes a long vector loop.
@@ -343,15 +344,15 @@ def _input_transform_rows(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
                         copy(phases[ry, j, start:start + tiles_w],
                              phases[ry, j % m, start + j // m:])
             t0, t1 = local * tiles_w, (local + band) * tiles_w
-            if alpha == 6 and m == 4:
+            if mix6 is not None:                  # F(4x4,3x3): written-out passes
                 for ry in range(m):
                     p = phases[ry]
-                    _mix6(BT, hz[0, ry, :length], hz[1, ry, :length], hz[2, ry, :length],
+                    _mix6(mix6, hz[0, ry, :length], hz[1, ry, :length], hz[2, ry, :length],
                           hz[3, ry, :length], hz[4, ry, :length], hz[5, ry, :length],
                           p[0], p[1], p[2], p[3], p[4], p[5])
                 for b in range(alpha):
                     h = hz[b]
-                    _mix6(BT, V[b, c, t0:t1], V[6 + b, c, t0:t1], V[12 + b, c, t0:t1],
+                    _mix6(mix6, V[b, c, t0:t1], V[6 + b, c, t0:t1], V[12 + b, c, t0:t1],
                           V[18 + b, c, t0:t1], V[24 + b, c, t0:t1], V[30 + b, c, t0:t1],
                           h[0], h[1], h[2], h[3], h[0, tiles_w:], h[1, tiles_w:])
             else:
@@ -365,7 +366,7 @@ def _input_transform_rows(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
 
 
 @numba.njit(**KERNEL)
-def _input_transform_gather(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
+def _input_transform_gather(x, BT, mix6, mix8, V, row0, tiles_h, tiles_w, m, pt, pl):
     """V[a*alpha + b, c, t] = (B^T d B)[a, b] for the input tile d of each tile t
     of this chunk (tile rows row0.. of the flattened (image, tile row) index).
 
@@ -399,11 +400,12 @@ def _input_transform_gather(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
                     tile_cols = padded[tx * m:]
                     for j in range(alpha):
                         d_row[j, t0 + tx] = tile_cols[j]
-        _transform_2d(BT, d, cols, V, c)
+        _transform_2d(BT, mix6, mix8, d, cols, V, c)
 
 
 @numba.njit(**KERNEL)
-def _input_transform_channels_last(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl, block):
+def _input_transform_channels_last(x, BT, mix6, mix8, V, row0, tiles_h, tiles_w, m, pt, pl,
+                                   block):
     """V[a*alpha + b, c, t] = (B^T d B)[a, b] for the input tile d of each tile t of
     this chunk, vectorised over the channels instead of the tiles: for narrow images
     with many channels, where a channel has few tiles. Parallel over blocks of
@@ -432,13 +434,23 @@ def _input_transform_channels_last(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl, 
                         copy(d[i, j], x[n, :, y, col])
                     else:
                         d[i, j, :] = 0
-            _transform_2d(BT, d, cols, v_block, u)
+            _transform_2d(BT, mix6, mix8, d, cols, v_block, u)
         for e in range(alpha * alpha):
             src = v_block[e]
             for c in range(c_in):
                 dst = V[e, c, t0:t0 + count]
                 for u in range(count):
                     dst[u] = src[u, c]
+
+
+def _written_passes(C):
+    """(mix6, mix8): the square matrix C as the argument that selects the written-out
+    pass for its size (`_mix6` or `_mix8`), None for the other; (None, None) for other
+    sizes (the generic passes). The kernels branch on `is not None`, which numba
+    decides at compile time from the argument types: each call compiles only the
+    passes it runs (an F(4x4,3x3) call does not compile F(4x4,5x5)'s, nor the generic
+    ones), which keeps the first call's compile time down."""
+    return (C if C.shape[0] == 6 else None), (C if C.shape[0] == 8 else None)
 
 
 def _channels_last_wins(c_in, tiles, tiles_w):
@@ -453,28 +465,31 @@ def _input_transform(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
     this chunk: channels-last for narrow images with many channels, the row-phase
     kernel where rows of tiles are long, else the gather."""
     tiles = V.shape[2]
+    mix6, mix8 = _written_passes(BT)
     if _channels_last_wins(x.shape[1], tiles, tiles_w):
         # blocks of up to CHANNELS_LAST_BLOCK tiles, at least one per thread
         block = max(1, min(CHANNELS_LAST_BLOCK, -(-tiles // numba.get_num_threads())))
-        _input_transform_channels_last(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl, block)
+        _input_transform_channels_last(x, BT, mix6, mix8, V, row0, tiles_h, tiles_w, m, pt,
+                                       pl, block)
     elif tiles_w >= ROW_KERNEL_MIN_TILES.get(BT.shape[0], ROW_KERNEL_MIN_TILES_OTHER):
-        _input_transform_rows(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl)
+        # its written-out passes assume that B^T's last two rows are the next tile's first
+        _input_transform_rows(x, BT, mix6 if m == 4 else None, V, row0, tiles_h, tiles_w,
+                              m, pt, pl)
     else:
-        _input_transform_gather(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl)
+        _input_transform_gather(x, BT, mix6, mix8, V, row0, tiles_h, tiles_w, m, pt, pl)
 
 
 @numba.njit(**KERNEL)
-def _output_transform(M, AT, bias, out, row0, tiles_h, tiles_w):
+def _output_transform(M, AT, mix6, mix8, bias, out, row0, tiles_h, tiles_w):
     """out[n, k, tile] = (A^T M A) + bias[k], cropped at the bottom/right border.
     Parallel over output channels; both steps are vector loops over the tiles (for
     F(4x4,3x3) and F(4x4,5x5), alpha rows at a time by `_mix6` / `_mix8` with A^T
-    padded to alpha x alpha by zero rows)."""
+    padded to alpha x alpha by zero rows, passed as `mix6` / `mix8`; None where they do
+    not apply: see `_written_passes`)."""
     m, alpha = AT.shape
     tiles = M.shape[2]
     chunk_rows = tiles // tiles_w
     out_h, out_w = out.shape[2], out.shape[3]
-    AT_square = np.zeros((alpha, alpha), dtype=AT.dtype)
-    AT_square[:m] = AT
     # The scatter's integer divisions, once per call instead of once per channel: they
     # made it ~1.6x slower (8x256x14x14: output transform 0.69 -> 0.52 ms).
     cols_per_phase = np.empty(m, dtype=np.int64)      # tiles whose column j is inside
@@ -490,28 +505,28 @@ def _output_transform(M, AT, bias, out, row0, tiles_h, tiles_w):
         row_height[local_row] = min(m, out_h - row_y0[local_row])
     for k in prange(M.shape[1]):
         y_tile = np.empty((m, m, tiles), dtype=M.dtype)
-        if alpha == 6 and m == 4:
+        if mix6 is not None:
             tmp6 = np.empty((alpha, alpha, tiles), dtype=M.dtype)
             for b in range(alpha):                    # tmp6[i, b] = (A^T M)[i, b, :]
-                _mix6(AT_square, tmp6[0, b], tmp6[1, b], tmp6[2, b], tmp6[3, b],
+                _mix6(mix6, tmp6[0, b], tmp6[1, b], tmp6[2, b], tmp6[3, b],
                       tmp6[4, b], tmp6[5, b], M[b, k], M[6 + b, k], M[12 + b, k],
                       M[18 + b, k], M[24 + b, k], M[30 + b, k])
             spare = tmp6[4]                           # A^T's zero rows: free scratch now
             for i in range(m):                        # Y = (tmp A)[i, j, :]
                 t = tmp6[i]
-                _mix6(AT_square, y_tile[i, 0], y_tile[i, 1], y_tile[i, 2], y_tile[i, 3],
+                _mix6(mix6, y_tile[i, 0], y_tile[i, 1], y_tile[i, 2], y_tile[i, 3],
                       spare[0], spare[1], t[0], t[1], t[2], t[3], t[4], t[5])
-        elif alpha == 8 and m == 4:
+        elif mix8 is not None:
             tmp8 = np.empty((alpha, alpha, tiles), dtype=M.dtype)
             for b in range(alpha):
-                _mix8(AT_square, tmp8[0, b], tmp8[1, b], tmp8[2, b], tmp8[3, b],
+                _mix8(mix8, tmp8[0, b], tmp8[1, b], tmp8[2, b], tmp8[3, b],
                       tmp8[4, b], tmp8[5, b], tmp8[6, b], tmp8[7, b], M[b, k], M[8 + b, k],
                       M[16 + b, k], M[24 + b, k], M[32 + b, k], M[40 + b, k], M[48 + b, k],
                       M[56 + b, k])
             spare = tmp8[4]
             for i in range(m):
                 t = tmp8[i]
-                _mix8(AT_square, y_tile[i, 0], y_tile[i, 1], y_tile[i, 2], y_tile[i, 3],
+                _mix8(mix8, y_tile[i, 0], y_tile[i, 1], y_tile[i, 2], y_tile[i, 3],
                       spare[0], spare[1], spare[2], spare[3], t[0], t[1], t[2], t[3], t[4],
                       t[5], t[6], t[7])
         else:
@@ -734,6 +749,11 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw, tile=DEFA
     else:
         U = (_kept_filter if keep_filter else _transient_filter)(weight, tile)
     AT, BT = AT.astype(x.dtype), BT.astype(x.dtype)
+    # A^T padded with zero rows to a square for the written-out passes, which spill
+    # the zero rows into scratch (they need m = 4)
+    AT_square = np.zeros((alpha, alpha), dtype=x.dtype)
+    AT_square[:tile] = AT
+    out_passes = _written_passes(AT_square) if tile == 4 else (None, None)
     bias = bias_or_zeros(bias, c_out, x.dtype)
     out = np.empty((n, c_out) + tuple(out_hw), dtype=x.dtype)
     for row0 in range(0, total_rows, rows):
@@ -743,7 +763,7 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw, tile=DEFA
         v = _scratch("V", (alpha * alpha, c_in, count * tiles_w), x.dtype)
         _input_transform(x, BT, v, row0, tiles_h, tiles_w, tile, padding[0], padding[2])
         _multiply(U, v, mm, groups)
-        _output_transform(mm, AT, bias, out, row0, tiles_h, tiles_w)
+        _output_transform(mm, AT, *out_passes, bias, out, row0, tiles_h, tiles_w)
     return out
 
 
