@@ -452,7 +452,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     module = _module(arrays.device, "pooling")
     x4 = _batched(arrays.contiguous("x"), "x")[0]
     values, indices = _call(module, "max_pool2d", arrays, x4, kernel_size, stride,
-                            padding, dilation, out_hw)
+                            padding, dilation, out_hw, return_indices=return_indices)
     values = arrays.give_back(values, squeeze)
     return (values, arrays.give_back(indices, squeeze)) if return_indices else values
 

@@ -70,6 +70,8 @@ def test_max_pool_matches_reference(case):
         assert values.shape == indices.shape == x_shape[:2] + out_hw
         np.testing.assert_array_equal(values, ref_values.astype(dtype))
         np.testing.assert_array_equal(indices, ref_indices)
+        # without indices the kernel sweeps only the values: the same values
+        np.testing.assert_array_equal(fc.max_pool2d(x, **kw), values)
         go = np.random.default_rng(1).standard_normal(x_shape[:2] + out_hw).astype(dtype)
         assert_close(fc.max_pool2d_backward(go, x, **kw),
                      reference.max_pool2d_backward(go, x, k, s, p, d, ceil_mode), dtype)
@@ -292,3 +294,18 @@ def test_inputs_are_not_written_and_layouts_agree():
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(copies[0], xl)
         np.testing.assert_array_equal(copies[1], gol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_values_without_indices_keep_nan_and_infinity(dtype):
+    """The values-only sweep: NaN wins wherever it is, -inf windows and windows wholly
+    in the padding (dilation) stay -inf, as with indices."""
+    x = np.array([[[[1.0, np.nan, 7.0, -np.inf],
+                    [9.0, 0.0, -np.inf, -np.inf],
+                    [4.0, 5.0, 6.0, 8.0],
+                    [np.nan, 1.0, 2.0, np.nan]]]], dtype=dtype)
+    for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=1),
+               dict(kernel_size=2, stride=2, padding=1), dict(kernel_size=2, dilation=3,
+                                                             padding=1, stride=1)):
+        values, _ = fc.max_pool2d(x, return_indices=True, **kw)
+        np.testing.assert_array_equal(fc.max_pool2d(x, **kw), values)

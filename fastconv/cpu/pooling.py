@@ -27,7 +27,8 @@ def _max_row(plane, i, best, pos, idx, kh, kw, sh, sw, pt, pl, dh, dw):
 
     The sweep keeps the winner's window position p*kw + q in `pos` (int32: the
     loop vectorises with float32 values at full width) and converts it to the
-    int64 flat index once per output at the end."""
+    int64 flat index once per output at the end. With `idx` None (the caller wants
+    no indices; numba compiles that case apart) only the values are swept."""
     height, width = plane.shape
     out_w = best.shape[0]
     for j in range(out_w):
@@ -41,6 +42,12 @@ def _max_row(plane, i, best, pos, idx, kh, kw, sh, sw, pt, pl, dh, dw):
         for q in range(kw):
             off = q * dw - pl
             j0, j1 = valid_range(off, sw, width, out_w)
+            if idx is None:
+                for j in range(j0, j1):
+                    v = xrow[j * sw + off]
+                    b = best[j]
+                    best[j] = v if (v > b) | (v != v) else b    # same values as below
+                continue
             here = np.int32(p * kw + q)
             for j in range(j0, j1):
                 v = xrow[j * sw + off]
@@ -52,6 +59,8 @@ def _max_row(plane, i, best, pos, idx, kh, kw, sh, sw, pt, pl, dh, dw):
                 take = (v > b) | (v != v) | (ps < 0)
                 best[j] = v if take else b
                 pos[j] = here if take else ps
+    if idx is None:
+        return
     for j in range(out_w):
         if pos[j] < 0:
             # A window wholly in the padding (possible with dilation): -inf and
@@ -74,8 +83,11 @@ def _max_forward(x, values, indices, kh, kw, sh, sw, pt, pl, dh, dw):
         plane = x[n, c]
         pos = np.empty(out_w, dtype=np.int32)
         for i in range(out_h):
-            _max_row(plane, i, values[n, c, i], pos, indices[n, c, i],
-                     kh, kw, sh, sw, pt, pl, dh, dw)
+            if indices is None:
+                _max_row(plane, i, values[n, c, i], pos, None, kh, kw, sh, sw, pt, pl, dh, dw)
+            else:
+                _max_row(plane, i, values[n, c, i], pos, indices[n, c, i],
+                         kh, kw, sh, sw, pt, pl, dh, dw)
 
 
 @numba.njit(**KERNEL)
@@ -184,11 +196,14 @@ def _avg_backward(go, gi, kh, kw, sh, sw, pt, pb, pl, pr, count_include_pad, div
                         girow[j * sw + off] += share[j]
 
 
-def max_pool2d(x, kernel_size, stride, padding, dilation, out_hw):
-    """(values, int64 indices h*W + w per plane); see the module docstring."""
+def max_pool2d(x, kernel_size, stride, padding, dilation, out_hw, return_indices=True):
+    """(values, int64 indices h*W + w per plane, or None unless `return_indices`); see
+    the module docstring. Without indices the kernel sweeps only the values and
+    writes a third of the memory (8x64x112x112 max 2x2, interleaved: 11.6 -> 4.0 ms;
+    PyTorch 17.6)."""
     shape = tuple(x.shape[:2]) + tuple(out_hw)
     values = np.empty(shape, dtype=x.dtype)
-    indices = np.empty(shape, dtype=np.int64)
+    indices = np.empty(shape, dtype=np.int64) if return_indices else None
     top, _, left, _ = padding
     _max_forward(readonly(x), values, indices, kernel_size[0], kernel_size[1], stride[0],
                  stride[1], top, left, dilation[0], dilation[1])

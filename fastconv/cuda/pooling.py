@@ -186,8 +186,10 @@ def _planes(arr):
     return arr.reshape(n * c, h, w)
 
 
-def max_pool2d(x, kernel_size, stride, padding, dilation, out_hw, stream=0):
-    """-> (values (N, C, out_h, out_w), indices int64 of the same shape)."""
+def max_pool2d(x, kernel_size, stride, padding, dilation, out_hw, return_indices=True,
+               stream=0):
+    """-> (values (N, C, out_h, out_w), indices int64 of the same shape). The indices
+    are computed even without `return_indices`: one thread per output writes both."""
     stream = stream_or_default(stream)
     n, c = x.shape[0], x.shape[1]
     shape = (n, c) + tuple(out_hw)
