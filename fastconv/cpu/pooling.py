@@ -5,6 +5,8 @@ for every kernel offset the in-bounds output columns are computed once, so the
 innermost loop runs over output columns with no bounds checks (unit stride in
 the input for stride 1). Padding is never materialised (it is -inf for max
 pooling, so it never wins; average pooling applies PyTorch's divisor rules).
+Average pooling first sums a window's input rows into one row (contiguous vector
+passes), then makes kW strided passes over that row.
 
 Max pooling: a NaN wins (the last NaN of a window, as PyTorch); among equal
 maxima the first in row-major window order wins (strictly-greater updates in
@@ -151,18 +153,27 @@ def _avg_forward(x, out, kh, kw, sh, sw, pt, pb, pl, pr, count_include_pad, divi
         c = t % c_in
         n = t // c_in
         plane = x[n, c]
+        column_sums = np.empty(width, dtype=x.dtype)
         for i in range(out_h):
             row = out[n, c, i]
             for j in range(out_w):
                 row[j] = 0
             h0, h1, pool_h = _avg_rows(i, height, kh, sh, pt, pb)
+            # the window's rows summed first (contiguous vector passes), then kw
+            # strided passes over that sum instead of kh * kw over the input rows
+            # (8x64x112x112, interleaved: 3x3/2 6.6 -> 2.8 ms, 2x2 3.3 -> 2.0; PyTorch
+            # 6.9 and 6.0)
+            for col in range(width):
+                column_sums[col] = 0
             for r in range(h0, h1):
                 xrow = plane[r]
-                for q in range(kw):
-                    off = q - pl
-                    j0, j1 = valid_range(off, sw, width, out_w)
-                    for j in range(j0, j1):
-                        row[j] += xrow[j * sw + off]
+                for col in range(width):
+                    column_sums[col] += xrow[col]
+            for q in range(kw):
+                off = q - pl
+                j0, j1 = valid_range(off, sw, width, out_w)
+                for j in range(j0, j1):
+                    row[j] += column_sums[j * sw + off]
             for j in range(out_w):
                 row[j] /= _divisor(divisor, count_include_pad, pool_h, pool_w[j],
                                    h1 - h0, clip_w[j])
