@@ -219,8 +219,8 @@ class _ConvProblem:
             ok, why = winograd_supports(self.w_shape, self.stride, self.dilation)
             if not ok:
                 raise ValueError(f"algorithm='winograd' is not available here: {why}")
-            if operation == "conv2d_grad_weight":
-                algorithm = "im2col"  # Winograd has no weight-gradient form; documented
+            if operation == "conv2d_grad_weight" and device == "cuda":
+                algorithm = "im2col"  # no CUDA Winograd weight gradient; documented
         return _module(device, algorithm), self._backend_options(device, algorithm, operation)
 
     def _backend_options(self, device, algorithm, operation):
@@ -358,7 +358,9 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride=1, padding=0, dilation=
                        groups=1, algorithm="auto"):
     """Gradient of `conv2d` with respect to its weight (torch's weight.grad).
 
-    `algorithm="winograd"` is served by im2col (Winograd has no weight-gradient form).
+    On the CPU `algorithm="winograd"` runs Winograd F(3x3, m x m), the forward's
+    algorithm with the roles of filter and output swapped; on CUDA it is served by
+    im2col.
 
     >>> import numpy as np, fastconv as fc
     >>> fc.conv2d_grad_weight(np.ones((1, 1, 2, 2)), np.ones((1, 1, 3, 3)), (1, 1, 2, 2))
@@ -371,7 +373,8 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride=1, padding=0, dilation=
     x4, was_3d = _batched(arrays["x"], "x")
     problem = _ConvProblem(x4.shape, weight_shape, stride, padding, dilation, groups)
     go = _grad_out_4d(arrays, problem.out_shape, was_3d)
-    module, options = problem.backend(arrays.device, algorithm, "conv2d_grad_weight")
+    module, options = problem.backend(arrays.device, algorithm, "conv2d_grad_weight",
+                                      (go, arrays["x"]))
     if x4.shape[0] == 0:
         return arrays.give_back(arrays.empty(weight_shape))
     x4 = _batched(arrays.contiguous("x"), "x")[0]
@@ -597,6 +600,9 @@ def explain(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, device=
                                          operation)
     tile = problem._backend_options(device, algorithm, operation).get("tile")
     if tile is not None:
-        algorithm += f" F({tile}x{tile},{w_shape[2]}x{w_shape[3]})"
+        sizes = [f"{tile}x{tile}", f"{w_shape[2]}x{w_shape[3]}"]
+        if operation == "conv2d_grad_weight":     # F(r x r, m x m): the roles swap
+            sizes.reverse()
+        algorithm += f" F({sizes[0]},{sizes[1]})"
     return (f"{operation} {problem.x_shape} * {problem.w_shape} -> {problem.out_shape} "
             f"on {device}: {algorithm} ({reason})")

@@ -40,6 +40,15 @@ F4_MAX_AREA_RATIO = 1.4
 # 0.63), below it im2col (1x16x32x32 0.29 / 0.32): the 3x3 thresholds hold. F(2x2,5x5)
 # never won, so 5x5 always takes F(4x4).
 WINOGRAD_KERNELS = {"cpu": ((3, 3), (5, 5)), "cuda": ((3, 3),)}
+# conv2d_grad_weight by Winograd F(3x3, 4x4) (CPU): its GEMMs reduce over the tiles and
+# write alpha^2 x K x C values, so it needs many pixels per channel and enough channels
+# to beat im2col's one GEMM. Measured interleaved (2-core Zen4, float32, ms im2col /
+# Winograd), C = K: 8x128x28x28 15.0/9.9, 8x256x28x28 43.4/24.8, 4x256x28x28 21.8/16.2,
+# 8x128x56x56 49.5/30.7, 2x128x56x56 12.8/9.4, 16x256x14x14 23.3/19.5, 4x128x28x28
+# 6.2/5.8, 8x96x28x28 7.5/6.1; but 8x64x56x56 14.8/14.4 (a tie), 1x64x56x56 2.2/2.7,
+# 8x256x14x14 (1568 pixels) 11.8/13.3, 8x512x14x14 46.3/49.6, 8x512x7x7 12.9/41.2.
+WINOGRAD_GRAD_WEIGHT_MIN_CHANNELS = 96
+WINOGRAD_GRAD_WEIGHT_MIN_PIXELS = 3136     # N * out_h * out_w
 
 # The table behind the rule: ms on this machine, one interleaved run, 2026-11-30, the
 # same weights on every call (docs/performance.md has it with ratios and the cost of new
@@ -80,8 +89,8 @@ def winograd_tile(x_shape, w_shape, out_hw):
 def choose(device, x_shape, w_shape, stride, dilation, groups, operation="conv2d"):
     """(algorithm, reason) for a normalised convolution on `device` ("cpu" or "cuda").
 
-    `operation` is "conv2d", "conv2d_grad_input" or "conv2d_grad_weight" (Winograd
-    has no weight-gradient form, so that one never gets it)."""
+    `operation` is "conv2d", "conv2d_grad_input" or "conv2d_grad_weight" (the weight
+    gradient has its own Winograd rule, CPU and 3x3 only)."""
     n, c_in, h, w = x_shape
     c_out, c_per_group, kh, kw = w_shape
     k_per_group = c_out // groups
@@ -93,7 +102,16 @@ def choose(device, x_shape, w_shape, stride, dilation, groups, operation="conv2d
                           "would reduce over only kh*kw values; mnist_lenet measured)")
     winograd_ok = ((kh, kw) in WINOGRAD_KERNELS[device] and tuple(stride) == (1, 1)
                    and tuple(dilation) == (1, 1))
-    if winograd_ok and operation != "conv2d_grad_weight":
+    if winograd_ok and operation == "conv2d_grad_weight":
+        if (device == "cpu" and (kh, kw) == (3, 3)
+                and min(c_per_group, k_per_group) >= WINOGRAD_GRAD_WEIGHT_MIN_CHANNELS
+                and n * h * w >= WINOGRAD_GRAD_WEIGHT_MIN_PIXELS):
+            return "winograd", ("3x3 stride 1 weight gradient with >= 96 channels and "
+                                ">= 3136 pixels: Winograd F(3x3,4x4), 4x fewer multiplies")
+        if device == "cpu":
+            return "im2col", ("stride 1 weight gradient, but too few channels or pixels "
+                              "(or not 3x3) for Winograd's transforms: im2col's one GEMM")
+    elif winograd_ok:
         size = f"{kh}x{kw}"
         if device == "cuda":
             if min(c_per_group, k_per_group) >= WINOGRAD_MIN_CHANNELS_CUDA:

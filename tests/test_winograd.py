@@ -70,7 +70,7 @@ def test_public_api_agrees_with_direct(x_shape, k, padding, groups, rng):
     np.testing.assert_allclose(
         fc.conv2d_grad_input(go, w, x.shape, algorithm="winograd", **kw),
         fc.conv2d_grad_input(go, w, x.shape, algorithm="direct", **kw), rtol=1e-10, atol=1e-10)
-    # The weight gradient has no Winograd form: im2col serves it.
+    # the weight gradient: Winograd F(3x3, 4x4) on the CPU
     np.testing.assert_allclose(
         fc.conv2d_grad_weight(go, x, w.shape, algorithm="winograd", **kw),
         reference.conv2d_grad_weight(go, x, w.shape, (1, 1), p, (1, 1), groups), rtol=1e-10,
@@ -306,3 +306,63 @@ def test_channels_last_blocks_of_tiles(threads_block, rng, monkeypatch):
 ])
 def test_channels_last_rule(c_in, tiles, tiles_w, expected):
     assert winograd._channels_last_wins(c_in, tiles, tiles_w) == expected
+
+
+@pytest.mark.parametrize("r", KERNELS)
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape, k, padding, groups", CASES)
+def test_grad_weight_matches_reference(x_shape, k, padding, groups, dtype, tile, r, rng,
+                                       monkeypatch):
+    """F(r x r, m x m): the forward's input transform, grad_out tiles through the filter
+    transform, GEMMs over the tiles; also in chunks of a few tile rows."""
+    x_shape = x_shape[:2] + (x_shape[2] + r - 3, x_shape[3] + r - 3)
+    x, w, b, p, out_hw, go = _case(rng, x_shape, k, padding, groups, dtype, r)
+    expected = reference.conv2d_grad_weight(go, x, w.shape, (1, 1), p, (1, 1), groups)
+    got = winograd.conv2d_grad_weight(go, x, w.shape, (1, 1), p, (1, 1), groups, tile=tile)
+    assert got.dtype == dtype and got.shape == w.shape
+    assert_close(got, expected, dtype, 1e-3)
+    tiles_h, tiles_w = winograd._tile_grid(out_hw, tile)
+    alpha = tile + r - 1
+    row_bytes = alpha * alpha * tiles_w * (x_shape[1] + k) * np.dtype(dtype).itemsize
+    monkeypatch.setattr(winograd, "CHUNK_TARGET_BYTES", 2 * row_bytes)
+    assert_close(winograd.conv2d_grad_weight(go, x, w.shape, (1, 1), p, (1, 1), groups,
+                                             tile=tile), expected, dtype, 1e-3)
+
+
+def test_grad_weight_float32_error_and_workspace_fallback(rng):
+    """~1e-5 of the scale on a 64-channel layer (performance.md has the VGG table); a
+    bound below one tile row's V and transformed grad_out falls back to im2col."""
+    x = rng.standard_normal((2, 64, 28, 28)).astype(np.float32)
+    go = rng.standard_normal((2, 64, 28, 28)).astype(np.float32)
+    expected = reference.conv2d_grad_weight(go, x, (64, 64, 3, 3), (1, 1), (1, 1, 1, 1))
+    got = winograd.conv2d_grad_weight(go, x, (64, 64, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
+    original = fc.config.workspace_bytes
+    try:
+        fc.config.workspace_bytes = 1024
+        assert_close(winograd.conv2d_grad_weight(go, x, (64, 64, 3, 3), (1, 1), (1, 1, 1, 1),
+                                                 (1, 1), 1), expected, np.float32)
+    finally:
+        fc.config.workspace_bytes = original
+
+
+def test_auto_weight_gradient_rule_and_non_finite_inputs(rng):
+    """`auto` takes Winograd for the weight gradient of large 3x3 layers (CPU), im2col
+    for small ones, and im2col whenever an operand holds NaN or Inf."""
+    text = fc.explain((8, 128, 28, 28), (128, 128, 3, 3), padding=1,
+                      operation="conv2d_grad_weight")
+    assert "on cpu: winograd F(3x3,4x4) (" in text
+    for x_shape, w_shape in [((8, 64, 56, 56), (64, 64, 3, 3)),      # few channels
+                             ((8, 256, 14, 14), (256, 256, 3, 3)),   # few pixels
+                             ((8, 128, 28, 28), (128, 128, 5, 5))]:  # not 3x3
+        assert "on cpu: im2col (" in fc.explain(x_shape, w_shape, padding=1,
+                                                 operation="conv2d_grad_weight")
+    assert "on cuda: im2col (" in fc.explain((8, 128, 28, 28), (128, 128, 3, 3), padding=1,
+                                             operation="conv2d_grad_weight", device="cuda")
+    x = rng.standard_normal((2, 96, 40, 40)).astype(np.float32)
+    go = rng.standard_normal((2, 96, 40, 40)).astype(np.float32)
+    x[1, 3, 5, 7] = np.inf
+    np.testing.assert_array_equal(
+        fc.conv2d_grad_weight(go, x, (96, 96, 3, 3), padding=1),
+        fc.conv2d_grad_weight(go, x, (96, 96, 3, 3), padding=1, algorithm="im2col"))

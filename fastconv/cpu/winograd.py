@@ -17,6 +17,9 @@ tile element e, over all T tiles at once. The steps:
 3. alpha^2 GEMMs     M = U @ V              np.matmul on (alpha^2, K, C) @ (alpha^2, C, T)
 4. output transform  Y = A^T M A (+ bias)   numba, parallel over output channels
 
+`conv2d_grad_input` is the same with the rotated kernel; `conv2d_grad_weight` is
+F(r x r, m x m), these steps with filter and output swapped (see its docstring).
+
 The input transform has three kernels: for wide images (a row of at least
 ROW_KERNEL_MIN_TILES[alpha] tiles) it splits padded rows into column phases so that
 each step is a shifted vector pass over a whole band of tile rows (input
@@ -777,9 +780,65 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, 
                   tuple(input_shape[2:]), tile, keep_filter=False)
 
 
-def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups):
-    """Winograd has no weight-gradient form here: im2col serves it (the API routes
-    `algorithm="winograd"` there too)."""
-    from . import im2col
-    return im2col.conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation,
-                                     groups)
+@numba.njit(**KERNEL)
+def _grad_out_tiles(grad_out, tiles, row0, tiles_h, tiles_w):
+    """tiles[k, t] = the m x m block of grad_out under tile t of this chunk (tile rows
+    row0.. of the flattened (image, tile row) index), zero beyond its border."""
+    m = tiles.shape[2]
+    out_h, out_w = grad_out.shape[2], grad_out.shape[3]
+    for k in prange(tiles.shape[0]):
+        for t in range(tiles.shape[1]):
+            row = row0 + t // tiles_w
+            n, y0, x0 = row // tiles_h, (row % tiles_h) * m, (t % tiles_w) * m
+            for i in range(m):
+                for j in range(m):
+                    inside = y0 + i < out_h and x0 + j < out_w
+                    tiles[k, t, i, j] = grad_out[n, k, y0 + i, x0 + j] if inside else 0
+
+
+def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups,
+                       tile=DEFAULT_TILE):
+    """Weight gradient of an r x r stride-1 convolution by Winograd F(r x r, m x m)
+    (Lavin & Gray 2015, section 5), m = `tile`: the roles of the forward's F(m, r) swap.
+
+    grad_weight[k, c] = sum over images and m x m tiles of grad_out of the correlation
+    of the tile's alpha x alpha input patch d (alpha = m + r - 1) with the tile g of
+    grad_out, an r x r result:  A^T [ (G g G^T) (.) (B^T d B) ] A  with the matrices of
+    F(r, m). B^T depends only on alpha's points, so the input transform is the
+    forward's (tiles of step m); the grad_out tiles go through the filter transform's
+    kernel, and the sum over tiles is alpha^2 GEMMs reducing over the tiles:
+    dW[e] (K x C) = U_go[e] (K x T) @ V[e]^T (T x C), accumulated over chunks of tile
+    rows (V and U_go within the workspace bound), then transformed back once."""
+    n, c_in = x.shape[:2]
+    k_out, c_per_group, r, _ = weight_shape
+    k_per_group = k_out // groups
+    out_hw = grad_out.shape[2:]
+    AT, G, BT = winograd_matrices(r, tile)        # F(r, m): r outputs, m taps
+    alpha = tile + r - 1
+    tiles_h, tiles_w = _tile_grid(out_hw, tile)
+    total_rows = n * tiles_h
+    rows = _chunk_rows(total_rows, tiles_w, alpha, c_in, k_out, x.dtype.itemsize)
+    if rows == 0:   # not even one tile row fits the workspace bound
+        from . import im2col
+        return im2col.conv2d_grad_weight(grad_out, x, weight_shape, stride, padding,
+                                         dilation, groups)
+    BT = BT.astype(x.dtype)
+    grad_out = np.ascontiguousarray(grad_out)
+    dW = np.zeros((alpha * alpha, k_out, c_per_group), dtype=x.dtype)
+    for row0 in range(0, total_rows, rows):
+        count = min(rows, total_rows - row0)
+        v = _scratch("V", (alpha * alpha, c_in, count * tiles_w), x.dtype)
+        _input_transform(x, BT, v, row0, tiles_h, tiles_w, tile, padding[0], padding[2])
+        go_tiles = _scratch("G", (k_out, count * tiles_w, tile, tile), x.dtype)
+        _grad_out_tiles(grad_out, go_tiles, row0, tiles_h, tiles_w)
+        u_go = _scratch("M", (alpha * alpha, k_out, count * tiles_w), x.dtype)
+        _filter_transform(go_tiles, G, u_go)
+        for g in range(groups):
+            ks = slice(g * k_per_group, (g + 1) * k_per_group)
+            cs = slice(g * c_per_group, (g + 1) * c_per_group)
+            dW[:, ks] += np.matmul(u_go[:, ks], v[:, cs].transpose(0, 2, 1))
+    # grad_weight[k, c, p, q] = sum_ab A^T[p, a] dW[a, b, k, c] A^T[q, b]
+    dW = dW.reshape(alpha, alpha, k_out, c_per_group)
+    half = np.tensordot(AT.astype(x.dtype), dW, axes=(1, 0))             # (p, b, k, c)
+    full = np.tensordot(half, AT.astype(x.dtype), axes=(1, 1))           # (p, k, c, q)
+    return np.ascontiguousarray(full.transpose(1, 2, 0, 3))
