@@ -6,7 +6,8 @@ F(4x4,5x5) (which `auto` runs on 5x5 layers) on 5x5 layers of GoogLeNet and Alex
 Error = max |winograd_float32 - exact| / max |exact|, exact = the float64 im2col
 convolution (itself within 1e-10 of fastconv.reference). Inputs: standard normal
 after a ReLU (as activations are), He-initialised weights; and, for contrast,
-plain normal inputs. The forward pass and grad_input are both measured.
+plain normal inputs. The forward pass, grad_input and grad_weight (F(r x r, m x m))
+are measured.
 """
 from __future__ import annotations
 
@@ -38,14 +39,15 @@ def _rel(approx, exact):
 
 
 def _row(rng, name, n, c, hw, k, r, tiles):
-    """[name, shape, im2col error, then forward and grad_input error per tile]: a
-    same-padded r x r layer."""
+    """[name, shape, im2col error, then forward, grad_input and grad_weight error per
+    tile]: a same-padded r x r layer."""
     pad = r // 2
     x = np.maximum(rng.standard_normal((n, c, hw, hw)), 0)
     w = rng.standard_normal((k, c, r, r)) * np.sqrt(2 / (r * r * c))
     exact = fc.conv2d(x, w, padding=pad, algorithm="im2col")
     go = rng.standard_normal(exact.shape)
     exact_gi = fc.conv2d_grad_input(go, w, x.shape, padding=pad, algorithm="im2col")
+    exact_gw = fc.conv2d_grad_weight(go, x, w.shape, padding=pad, algorithm="im2col")
     x32, w32, go32 = (a.astype(np.float32) for a in (x, w, go))
     row = [name, f"{n}x{c}x{hw}x{hw} -> {k}"]
     row.append(_rel(fc.conv2d(x32, w32, padding=pad, algorithm="im2col"), exact))
@@ -53,7 +55,8 @@ def _row(rng, name, n, c, hw, k, r, tiles):
     for tile in tiles:
         out = winograd.conv2d(x32, w32, None, *geometry, (hw, hw), tile=tile)
         gi = winograd.conv2d_grad_input(go32, w32, x.shape, *geometry, tile=tile)
-        row += [_rel(out, exact), _rel(gi, exact_gi)]
+        gw = winograd.conv2d_grad_weight(go32, x32, w.shape, *geometry, tile=tile)
+        row += [_rel(out, exact), _rel(gi, exact_gi), _rel(gw, exact_gw)]
     return row
 
 
@@ -76,10 +79,11 @@ def _table(header, rows):
 
 def main():
     _table("| layer | shape | im2col f32 | F(2x2) fwd | F(2x2) grad_input "
-           "| F(4x4) fwd | F(4x4) grad_input |", measure())
+           "| F(3x3,2x2) grad_weight | F(4x4) fwd | F(4x4) grad_input "
+           "| F(3x3,4x4) grad_weight |", measure())
     print()
-    _table("| 5x5 layer | shape | im2col f32 | F(4x4,5x5) fwd | F(4x4,5x5) grad_input |",
-           measure_5x5())
+    _table("| 5x5 layer | shape | im2col f32 | F(4x4,5x5) fwd | F(4x4,5x5) grad_input "
+           "| F(5x5,4x4) grad_weight |", measure_5x5())
 
 
 if __name__ == "__main__":
