@@ -16,7 +16,7 @@ from __future__ import annotations
 # enough output pixels per filter.
 WINOGRAD_MIN_CHANNELS = 16             # mnist_lenet (C=1): Winograd 6.5 ms vs im2col 0.80
 WINOGRAD_MIN_CHANNELS_CUDA = 32
-# resnet50_7 (8x512x7x7, 392 pixels): im2col 11.6 ms; Winograd 9.1 (F4) with the
+# resnet50_7 (8x512x7x7, 392 pixels): im2col 11.3-11.5 ms; Winograd 8.2-8.3 (F4) with the
 # transformed filter kept from an earlier call with the same weights, but 12.4 (F2) to
 # 14.5 (F4) when the weights are new (every training step): the 512x512 filter
 # transform writes 16-38 MB. `auto` cannot know which case a call is, so im2col.
@@ -50,23 +50,23 @@ WINOGRAD_KERNELS = {"cpu": ((3, 3), (5, 5)), "cuda": ((3, 3),)}
 WINOGRAD_GRAD_WEIGHT_MIN_CHANNELS = 96
 WINOGRAD_GRAD_WEIGHT_MIN_PIXELS = 3136     # N * out_h * out_w
 
-# The table behind the rule: ms on this machine, one interleaved run, 2026-11-30, the
-# same weights on every call (docs/performance.md has it with ratios and the cost of new
+# The table behind the rule: ms on this machine, one interleaved run, 2026-11-30 10:02
+# UTC, the same weights on every call (docs/performance.md has it with ratios and the cost of new
 # weights; docs/interleaved-results.json the raw run).
 MEASURED = {
     # layer: (direct, im2col, winograd F(4x4), winograd F(2x2), numpy im2col, torch)
-    "vgg16_conv1_2 1x64x224x224": (88.7, 24.3, 13.0, 25.0, 48.5, 29.9),
-    "vgg16_conv5_2 8x512x14x14": (94.4, 43.8, 20.2, 25.7, 44.7, 31.1),
-    "resnet50_56 8x64x56x56": (41.8, 12.2, 8.1, 13.7, 22.9, 8.9),
-    "resnet50_28 8x128x28x28": (28.8, 11.8, 6.2, 9.7, 13.6, 8.5),
-    "resnet50_14 8x256x14x14": (23.5, 11.5, 6.9, 8.7, 13.0, 8.0),
-    "resnet50_7 8x512x7x7": (35.5, 11.6, 9.1, 10.4, 14.7, 8.6),
-    "resnet50_1x1 8x256x56x56->64": (16.7, 6.3, None, None, 6.5, 7.1),
-    "strided_3x3 8x64x56x56 s2": (15.5, 7.2, None, None, 8.1, 4.9),
-    "conv_5x5 8x32x32x32": (24.3, 7.1, None, None, 8.4, 4.0),   # winograd: F(4x4,5x5)
-    "depthwise_3x3 8x64x56x56": (0.98, 4.7, 6.3, 9.3, 5.4, 1.52),
-    "mnist_lenet 64x1x28x28": (0.68, 0.80, 6.5, 10.3, 0.97, 0.59),
-    "small_batch_3x3 1x64x56x56": (4.6, 1.88, 1.53, 1.98, 2.4, 1.38),
+    "vgg16_conv1_2 1x64x224x224": (65.9, 25.8, 12.6, 24.5, 44.9, 18.6),
+    "vgg16_conv5_2 8x512x14x14": (90.7, 42.5, 19.4, 24.9, 44.4, 31.1),
+    "resnet50_56 8x64x56x56": (35.5, 12.1, 8.1, 13.1, 23.7, 9.0),
+    "resnet50_28 8x128x28x28": (24.0, 12.3, 6.4, 9.5, 13.5, 8.6),
+    "resnet50_14 8x256x14x14": (27.1, 11.5, 6.7, 8.6, 13.0, 8.1),
+    "resnet50_7 8x512x7x7": (27.2, 11.5, 8.3, 9.8, 14.3, 8.1),
+    "resnet50_1x1 8x256x56x56->64": (15.8, 6.3, None, None, 6.5, 7.1),
+    "strided_3x3 8x64x56x56 s2": (12.4, 7.1, None, None, 8.1, 4.8),
+    "conv_5x5 8x32x32x32": (16.1, 7.1, 5.35, None, 9.3, 4.1),   # winograd: F(4x4,5x5), auto
+    "depthwise_3x3 8x64x56x56": (1.29, 5.7, 7.4, 10.2, 7.4, 1.11),
+    "mnist_lenet 64x1x28x28": (0.70, 1.00, 7.2, 11.8, 1.47, 0.60),
+    "small_batch_3x3 1x64x56x56": (6.1, 2.33, 1.68, 2.20, 2.8, 1.52),
 }
 
 
