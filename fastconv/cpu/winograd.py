@@ -56,7 +56,8 @@ from ._common import HELPER, KERNEL, bias_or_zeros, copy, grad_input_as_forward
 R = 3                               # kernel size of algorithm="winograd"
 DEFAULT_TILE = 4                    # F(4x4, 3x3)
 CHUNK_TARGET_BYTES = 64 * 2**20     # V + M of one chunk (measured: see _chunk_rows)
-# Tiles per row from which the row-phase input transform wins, per tile size m (measured
+# Tiles per row from which the row-phase input transform wins, by the input tile size
+# alpha (4: F(2x2,3x3), 6: F(4x4,3x3), 8: F(4x4,5x5)) (measured
 # interleaved, ms rows/gather; F(2x2): 8x256x10x10 (5 tiles) 0.74/0.66, 8x256x12x12
 # 1.31/1.55, 8x256x14x14 1.57/2.03, 8x64x56x56 (28) 1.97/3.94; F(4x4): 8x128x28x28 (7)
 # 2.58/2.08, 8x128x48x48 (12) 3.59/3.36, 8x64x56x56 (14) 2.1/2.2, 2x128x112x112 (28)
@@ -81,7 +82,7 @@ ROW_KERNEL_MIN_TILES_OTHER = 7     # other tile sizes (not measured)
 CHANNELS_LAST_MAX_TILES = 64
 CHANNELS_LAST_MAX_TILES_W = 4
 CHANNELS_LAST_MIN_CHANNELS = 256
-CHANNELS_LAST_BLOCK = 8         # tiles per work item (16: 0-5% slower on 8x256x14x14)
+CHANNELS_LAST_BLOCK = 8         # tiles per work item (16 measured 0-6% slower)
 
 
 # --------------------------------------------------------------------------
