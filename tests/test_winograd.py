@@ -299,8 +299,9 @@ def test_channels_last_blocks_of_tiles(threads_block, rng, monkeypatch):
 
 
 @pytest.mark.parametrize("c_in, tiles, tiles_w, expected", [
-    (512, 32, 2, True), (256, 16, 4, True), (256, 64, 4, True),    # ResNet 7x7, 14x14
-    (256, 128, 4, False), (512, 128, 4, False),                    # many tiles
+    (512, 32, 2, True), (256, 16, 4, True), (256, 128, 4, True),   # ResNet 7x7, 14x14
+    (512, 64, 4, True),
+    (512, 128, 4, False), (256, 256, 4, False), (384, 128, 4, False),   # many values
     (128, 16, 4, False), (64, 8, 4, False),                        # few channels
     (256, 49, 7, False), (512, 14, 14, False),                     # wide images
 ])

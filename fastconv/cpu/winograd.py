@@ -67,9 +67,10 @@ CHUNK_TARGET_BYTES = 64 * 2**20     # V + M of one chunk (measured: see _chunk_r
 # its written-out passes (`_mix8`), against the row kernel's generic ones.
 ROW_KERNEL_MIN_TILES = {4: 6, 6: 14, 8: 2**31}     # by alpha (input tile size)
 ROW_KERNEL_MIN_TILES_OTHER = 7     # other tile sizes (not measured)
-# Chunks of at most CHANNELS_LAST_MAX_TILES tiles of images at most
-# CHANNELS_LAST_MAX_TILES_W tiles wide, with at least CHANNELS_LAST_MIN_CHANNELS channels,
-# take the channels-last input transform: its vector loops run over the channels
+# Chunks of images at most CHANNELS_LAST_MAX_TILES_W tiles wide, with at least
+# CHANNELS_LAST_MIN_CHANNELS channels and at most CHANNELS_LAST_MAX_VALUES tiles x
+# channels (V of the chunk at most 4.7 MB for F(4x4)), take the channels-last input
+# transform: its vector loops run over the channels
 # instead of a channel's few tiles. Measured interleaved (F(4x4,3x3) unless noted, ms),
 # input transform alone, gather / channels-last (both leave the same V): 8x512x7x7 (32
 # tiles) 0.75/0.39, 1x256x14x14 (16) 0.25/0.15, 8x256x14x14 (128) 1.02/0.64, 8x128x14x14
@@ -77,9 +78,10 @@ ROW_KERNEL_MIN_TILES_OTHER = 7     # other tile sizes (not measured)
 # 2x128x16x16 0.42/0.51) and on wider images, where reads across the channels leave the
 # cache (2x256x28x28, 7 tiles wide: 0.65/1.52; 8x128x28x28 1.11/1.35). Whole calls,
 # tile-major / channels-last: 8x512x7x7 8.9/8.4, 8.6/8.3, 9.5/8.6; 4x256x14x14 4.5/4.2;
-# but 8x256x14x14 6.9/6.9, 7.7/7.4, 8.0/7.6 (a tie: left to the gather) and 8x512x14x14
-# 19.6/20.2, 19.8/20.9, 22.2/23.2 (where the channels-last blocks outgrow the cache).
-CHANNELS_LAST_MAX_TILES = 64
+# 8x256x14x14 (128 tiles x 256 channels) 6.9/6.9, 7.7/7.4, 8.0/7.6, 6.59/6.44; 4x512x14x14
+# 12.07/11.98; but with more tiles x channels the gather: 8x512x14x14 19.6/20.2, 19.8/20.9,
+# 22.2/23.2, 19.4/19.9; 16x256x14x14 11.3/11.7; 8x384x14x14 12.2/12.5.
+CHANNELS_LAST_MAX_VALUES = 128 * 256
 CHANNELS_LAST_MAX_TILES_W = 4
 CHANNELS_LAST_MIN_CHANNELS = 256
 CHANNELS_LAST_BLOCK = 8         # tiles per work item (16 measured 0-6% slower)
@@ -459,9 +461,9 @@ def _written_passes(C):
 
 def _channels_last_wins(c_in, tiles, tiles_w):
     """Whether the channels-last input transform beats the tile-major ones for a chunk
-    of `tiles` tiles (see CHANNELS_LAST_MAX_TILES)."""
-    return (tiles <= CHANNELS_LAST_MAX_TILES and tiles_w <= CHANNELS_LAST_MAX_TILES_W
-            and c_in >= CHANNELS_LAST_MIN_CHANNELS)
+    of `tiles` tiles (see CHANNELS_LAST_MAX_VALUES)."""
+    return (tiles_w <= CHANNELS_LAST_MAX_TILES_W and c_in >= CHANNELS_LAST_MIN_CHANNELS
+            and tiles * c_in <= CHANNELS_LAST_MAX_VALUES)
 
 
 def _input_transform(x, BT, V, row0, tiles_h, tiles_w, m, pt, pl):
