@@ -152,6 +152,8 @@ def test_pooling_matches_reference(cfg):
     ref_values, ref_indices = reference.max_pool2d(x, k, s, p, d, cfg["ceil_mode"])
     assert_close(values, ref_values, dtype)
     np.testing.assert_array_equal(indices, ref_indices)
+    # without indices: the values-only sweep, the same values
+    np.testing.assert_array_equal(fc.max_pool2d(xl, dilation=cfg["dilation"], **kw), values)
     assert_close(fc.max_pool2d_backward(go, xl, dilation=cfg["dilation"], **kw),
                  reference.max_pool2d_backward(go, x, k, s, p, d, cfg["ceil_mode"]), dtype)
     # Average pooling has no dilation: its own output size.
