@@ -26,13 +26,14 @@ from ._kernels import kernel_factory, output_of_tap, split_index, stream_or_defa
 
 
 @kernel_factory
-def _make_max_forward(dtype_name: str, write_values: bool):
+def _make_max_forward(dtype_name: str, write_values: bool, write_indices: bool):
     cast = np.dtype(dtype_name).type
     ninf = cast(-np.inf)
 
     @cuda.jit
     def max_forward(x, values, indices, kh, kw, sh, sw, pt, pl, dh, dw):
-        # x: (planes, H, W); values/indices: (planes, out_h, out_w)
+        # x: (planes, H, W); values/indices: (planes, out_h, out_w) (without
+        # write_indices, `indices` is `values` again and only gives the shape)
         planes, height, width = x.shape
         out_h, out_w = indices.shape[1], indices.shape[2]
         total = planes * out_h * out_w
@@ -59,7 +60,8 @@ def _make_max_forward(dtype_name: str, write_values: bool):
                         best_index = r * width + c
             if write_values:
                 values[plane, oh, ow] = best
-            indices[plane, oh, ow] = best_index
+            if write_indices:
+                indices[plane, oh, ow] = best_index
             i += step
 
     return max_forward
@@ -188,13 +190,13 @@ def _planes(arr):
 
 def max_pool2d(x, kernel_size, stride, padding, dilation, out_hw, return_indices=True,
                stream=0):
-    """-> (values (N, C, out_h, out_w), indices int64 of the same shape). The indices
-    are computed even without `return_indices`: one thread per output writes both."""
+    """-> (values (N, C, out_h, out_w), indices int64 of the same shape, or None unless
+    `return_indices`: then no index array is allocated or written)."""
     stream = stream_or_default(stream)
     n, c = x.shape[0], x.shape[1]
     shape = (n, c) + tuple(out_hw)
     values = _kernels.empty(shape, x.dtype, stream)
-    indices = _kernels.empty(shape, np.int64, stream)
+    indices = _kernels.empty(shape, np.int64, stream) if return_indices else None
     _launch_max_forward(x, values, indices, kernel_size, stride, padding, dilation,
                         True, stream)
     return values, indices
@@ -202,9 +204,13 @@ def max_pool2d(x, kernel_size, stride, padding, dilation, out_hw, return_indices
 
 def _launch_max_forward(x, values, indices, kernel_size, stride, padding, dilation,
                         write_values, stream):
-    blocks, threads = _kernels.launch_1d(indices.size)
-    _make_max_forward(np.dtype(x.dtype).name, write_values)[blocks, threads, stream](
-        _planes(x), _planes(values), _planes(indices), kernel_size[0], kernel_size[1],
+    """indices None: values only."""
+    write_indices = indices is not None
+    target = indices if write_indices else values
+    blocks, threads = _kernels.launch_1d(target.size)
+    _make_max_forward(np.dtype(x.dtype).name, write_values, write_indices)[
+        blocks, threads, stream](
+        _planes(x), _planes(values), _planes(target), kernel_size[0], kernel_size[1],
         stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1])
 
 

@@ -163,6 +163,10 @@ def test_max_pool(rng, on_device, to_host, name, dtype):
     assert values.dtype == dtype and indices.dtype == np.int64
     np.testing.assert_array_equal(to_host(values), ref_values.astype(dtype))  # NaN == NaN
     np.testing.assert_array_equal(to_host(indices), ref_indices)
+    values_only, none = pooling.max_pool2d(on_device(x), ksize, stride, padding, dilation,
+                                           out_hw, return_indices=False)
+    assert none is None
+    np.testing.assert_array_equal(to_host(values_only), ref_values.astype(dtype))
 
     grad_out = rng.standard_normal((n, c) + out_hw).astype(dtype)
     gx = pooling.max_pool2d_backward(on_device(grad_out), on_device(x), ksize, stride,
@@ -308,8 +312,9 @@ cases += [(direct._make_grad_input(name, cb, px), (a4, a4, a4) + (i64,) * 9)
 cases += [(direct._make_grad_weight(name, kb, kh, kw), (a4, a4, a4) + (i64,) * 9)
           for kb, kh, kw in ((4, 3, 3), (1, 7, 7), (2, 1, 1))]
 cases += [(direct._make_sum_splits(name), (arr(dt, 2), arr(dt, 1))),
-          (pooling._make_max_forward(name, True), (a3, a3, idx) + (i64,) * 8),
-          (pooling._make_max_forward(name, False), (a3, a3, idx) + (i64,) * 8),
+          (pooling._make_max_forward(name, True, True), (a3, a3, idx) + (i64,) * 8),
+          (pooling._make_max_forward(name, False, True), (a3, a3, idx) + (i64,) * 8),
+          (pooling._make_max_forward(name, True, False), (a3, a3, a3) + (i64,) * 8),
           (pooling._make_max_backward(name), (a3, idx, a3) + (i64,) * 8),
           (pooling._make_avg_forward(name), (a3, a3) + (i64,) * 8 + (b, i64)),
           (pooling._make_avg_backward(name), (a3, a3) + (i64,) * 8 + (b, i64)),
