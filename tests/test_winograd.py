@@ -367,3 +367,35 @@ def test_auto_weight_gradient_rule_and_non_finite_inputs(rng):
     np.testing.assert_array_equal(
         fc.conv2d_grad_weight(go, x, (96, 96, 3, 3), padding=1),
         fc.conv2d_grad_weight(go, x, (96, 96, 3, 3), padding=1, algorithm="im2col"))
+
+
+def test_grad_weight_stays_within_the_workspace_bound(rng, monkeypatch):
+    """The chunks' scratch (V, grad_out tiles and their transform) plus dW and one
+    dW-sized temporary stay within config.workspace_bytes; below that, im2col."""
+    x, w, b, p, out_hw, go = _case(rng, (3, 8, 21, 19), 8, 1, 1, np.float32)
+    expected = reference.conv2d_grad_weight(go, x, w.shape, (1, 1), p, (1, 1), 1)
+    reserved = winograd._grad_weight_reserved_bytes(w.shape, 4, 4)
+    tiles_w = winograd._tile_grid(out_hw, 4)[1]
+    row_bytes = tiles_w * (36 * (8 + 8) + 8 * 16) * 4
+    chunk_bytes = []
+    original_scratch = winograd._scratch
+
+    def spy(slot, shape, dtype):
+        if slot == "V":
+            chunk_bytes.append(0)
+        chunk_bytes[-1] += int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return original_scratch(slot, shape, dtype)
+
+    monkeypatch.setattr(winograd, "_scratch", spy)
+    monkeypatch.setattr(fc.config, "workspace_bytes", reserved + 2 * row_bytes)
+    got = winograd.conv2d_grad_weight(go, x, w.shape, (1, 1), p, (1, 1), 1)
+    assert len(chunk_bytes) == -(-3 * 6 // 2)          # 18 tile rows, 2 per chunk
+    assert max(chunk_bytes) + reserved <= fc.config.workspace_bytes
+    assert_close(got, expected, np.float32, 1e-3)
+    monkeypatch.setattr(fc.config, "workspace_bytes", reserved + row_bytes - 1)
+    from fastconv.cpu import im2col
+    calls = []
+    monkeypatch.setattr(im2col, "conv2d_grad_weight",
+                        lambda *a: calls.append(1) or reference.conv2d_grad_weight(*a))
+    winograd.conv2d_grad_weight(go, x, w.shape, (1, 1), p, (1, 1), 1)
+    assert calls == [1]

@@ -697,8 +697,10 @@ def _tile_grid(out_hw, tile):
     return -(-out_hw[0] // tile), -(-out_hw[1] // tile)
 
 
-def _chunk_rows(total_rows, tiles_w, alpha, c_in, c_out, itemsize):
-    """Tile rows per chunk: V and M within the workspace bound and near the target.
+def _chunk_rows(total_rows, tiles_w, alpha, c_in, c_out, itemsize, extra_per_tile=0,
+                reserved=0):
+    """Tile rows per chunk: V and M (and `extra_per_tile` bytes more per tile) within the
+    workspace bound less `reserved` bytes, and near the target; 0 if not one row fits.
 
     Unlike im2col's tiles, bigger is better here even past the caches: every chunk
     costs alpha^2 GEMM calls (each waking BLAS's threads) and wider GEMMs run faster.
@@ -706,9 +708,9 @@ def _chunk_rows(total_rows, tiles_w, alpha, c_in, c_out, itemsize):
     8x64x56x56 11.3/9.9/10.1/9.9, 1x64x224x224 18.0/17.1/15.6/15.2, 8x128x112x112
     103/98/93/88; 28x28 and 14x14 layers flat. 64 MiB keeps the per-thread scratch
     that `conv2d` retains between calls moderate."""
-    row_bytes = alpha * alpha * tiles_w * (c_in + c_out) * itemsize
-    bound = min(config.workspace_bytes, max(CHUNK_TARGET_BYTES, row_bytes))
-    return min(total_rows, bound // row_bytes)
+    row_bytes = tiles_w * (alpha * alpha * (c_in + c_out) * itemsize + extra_per_tile)
+    bound = min(config.workspace_bytes - reserved, max(CHUNK_TARGET_BYTES, row_bytes))
+    return min(total_rows, max(0, bound) // row_bytes)
 
 
 def workspace_bytes_needed(x_shape, weight_shape, out_hw, tile=DEFAULT_TILE, itemsize=4):
@@ -799,6 +801,15 @@ def _grad_out_tiles(grad_out, tiles, row0, tiles_h, tiles_w):
                     tiles[k, t, i, j] = grad_out[n, k, y0 + i, x0 + j] if inside else 0
 
 
+def _grad_weight_reserved_bytes(weight_shape, tile, itemsize):
+    """Bytes `conv2d_grad_weight` holds besides its chunks: dW (alpha^2 x K x C) and one
+    more array of that size at a time (a later chunk's product before it is added; the
+    output transform's (r, alpha, K, C) temporary)."""
+    k_out, c_per_group, r, _ = weight_shape
+    alpha = tile + r - 1
+    return 2 * alpha * alpha * k_out * c_per_group * itemsize
+
+
 def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, groups,
                        tile=DEFAULT_TILE):
     """Weight gradient of an r x r stride-1 convolution by Winograd F(r x r, m x m)
@@ -820,14 +831,19 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
     alpha = tile + r - 1
     tiles_h, tiles_w = _tile_grid(out_hw, tile)
     total_rows = n * tiles_h
-    rows = _chunk_rows(total_rows, tiles_w, alpha, c_in, k_out, x.dtype.itemsize)
+    itemsize = x.dtype.itemsize
+    # Scratch within the workspace bound: per chunk V, the transformed and the plain
+    # grad_out tiles; for the whole call dW and one more array of its size at a time.
+    rows = _chunk_rows(total_rows, tiles_w, alpha, c_in, k_out, itemsize,
+                       extra_per_tile=k_out * tile * tile * itemsize,
+                       reserved=_grad_weight_reserved_bytes(weight_shape, tile, itemsize))
     if rows == 0:   # not even one tile row fits the workspace bound
         from . import im2col
         return im2col.conv2d_grad_weight(grad_out, x, weight_shape, stride, padding,
                                          dilation, groups)
     BT = BT.astype(x.dtype)
     grad_out = np.ascontiguousarray(grad_out)
-    dW = np.zeros((alpha * alpha, k_out, c_per_group), dtype=x.dtype)
+    dW = np.empty((alpha * alpha, k_out, c_per_group), dtype=x.dtype)
     for row0 in range(0, total_rows, rows):
         count = min(rows, total_rows - row0)
         v = _scratch("V", (alpha * alpha, c_in, count * tiles_w), x.dtype)
@@ -839,7 +855,10 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
         for g in range(groups):
             ks = slice(g * k_per_group, (g + 1) * k_per_group)
             cs = slice(g * c_per_group, (g + 1) * c_per_group)
-            dW[:, ks] += np.matmul(u_go[:, ks], v[:, cs].transpose(0, 2, 1))
+            if row0 == 0:       # the first chunk writes dW, later ones add to it
+                np.matmul(u_go[:, ks], v[:, cs].transpose(0, 2, 1), out=dW[:, ks])
+            else:
+                dW[:, ks] += np.matmul(u_go[:, ks], v[:, cs].transpose(0, 2, 1))
     # grad_weight[k, c, p, q] = sum_ab A^T[p, a] dW[a, b, k, c] A^T[q, b]
     dW = dW.reshape(alpha, alpha, k_out, c_per_group)
     half = np.tensordot(AT.astype(x.dtype), dW, axes=(1, 0))             # (p, b, k, c)
