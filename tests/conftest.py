@@ -1,5 +1,14 @@
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Registered here, before hypothesis' pytest plugin reads --hypothesis-profile, so that
+# `pytest tests/test_properties.py --hypothesis-profile=slow` finds "slow".
+settings.register_profile("default", max_examples=30, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("slow", max_examples=1000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("default")
 
 
 def pytest_addoption(parser):

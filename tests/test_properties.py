@@ -5,7 +5,7 @@ algorithm, every memory layout, against `fastconv.reference` and against each ot
 """
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import fastconv as fc
@@ -14,11 +14,7 @@ from fastconv.shapes import conv_geometry, pool_geometry
 
 from .conftest import assert_close
 
-settings.register_profile("default", max_examples=30, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("slow", max_examples=1000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("default")
+# profiles ("default": 30 examples, "slow": 1000): tests/conftest.py
 
 LAYOUTS = ["C", "F", "negative", "sliced", "readonly"]
 
@@ -181,3 +177,52 @@ def test_layouts_give_identical_results(layout, rng):
             fc.conv2d(with_layout(x, layout), with_layout(w, layout), padding=1,
                       algorithm=algorithm),
             fc.conv2d(x, w, padding=1, algorithm=algorithm))
+
+
+@st.composite
+def winograd_configs(draw):
+    """The CPU Winograd backend itself: 3x3 and 5x5 kernels (5x5 is reached through
+    `auto` only), every tile size it has passes for, each input-transform kernel."""
+    r = draw(st.sampled_from([3, 5]))
+    tile = draw(st.sampled_from([2, 3, 4, 6]))
+    groups = draw(st.sampled_from([1, 1, 2]))
+    c_in = groups * draw(st.integers(1, 3))
+    c_out = groups * draw(st.integers(1, 3))
+    padding = tuple(draw(st.integers(0, r)) for _ in range(4))
+    h, w = draw(st.integers(1, 14)), draw(st.integers(1, 14))
+    out_h, out_w = h + padding[0] + padding[1] - r + 1, w + padding[2] + padding[3] - r + 1
+    assume(out_h >= 1 and out_w >= 1)
+    return dict(x_shape=(draw(st.integers(1, 3)), c_in, h, w), w_shape=(c_out, c_in // groups, r, r),
+                padding=padding, groups=groups, tile=tile, out_hw=(out_h, out_w),
+                kernel=draw(st.sampled_from(["rows", "gather", "channels_last"])),
+                seed=draw(st.integers(0, 2**31)))
+
+
+@given(winograd_configs())
+def test_winograd_backend_matches_reference(cfg):
+    from fastconv.cpu import winograd
+    rng = np.random.default_rng(cfg["seed"])
+    x = rng.standard_normal(cfg["x_shape"])
+    w = rng.standard_normal(cfg["w_shape"])
+    b = rng.standard_normal(cfg["w_shape"][0])
+    go = rng.standard_normal((cfg["x_shape"][0], cfg["w_shape"][0]) + cfg["out_hw"])
+    geometry = ((1, 1), cfg["padding"], (1, 1), cfg["groups"])
+    kernel, tile = cfg["kernel"], cfg["tile"]
+    saved = (winograd.ROW_KERNEL_MIN_TILES, winograd.ROW_KERNEL_MIN_TILES_OTHER,
+             winograd._channels_last_wins)
+    try:   # force one input-transform kernel, whatever the shape
+        winograd.ROW_KERNEL_MIN_TILES = {}
+        winograd.ROW_KERNEL_MIN_TILES_OTHER = 1 if kernel == "rows" else 10**9
+        winograd._channels_last_wins = lambda c_in, tiles, tiles_w: kernel == "channels_last"
+        out = winograd.conv2d(x, w, b, *geometry, cfg["out_hw"], tile=tile, keep_filter=False)
+        gi = winograd.conv2d_grad_input(go, w, x.shape, *geometry, tile=tile)
+        gw = winograd.conv2d_grad_weight(go, x, w.shape, *geometry, tile=tile)
+    finally:
+        (winograd.ROW_KERNEL_MIN_TILES, winograd.ROW_KERNEL_MIN_TILES_OTHER,
+         winograd._channels_last_wins) = saved
+    tol = 1e-8 if tile == 6 else 1e-9     # F(6x6)'s points reach 1/2 and 3: larger entries
+    for got, expected in [(out, reference.conv2d(x, w, b, *geometry)),
+                          (gi, reference.conv2d_grad_input(go, w, x.shape, *geometry)),
+                          (gw, reference.conv2d_grad_weight(go, x, w.shape, *geometry))]:
+        scale = max(1.0, float(np.abs(expected).max()))
+        np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * scale)
