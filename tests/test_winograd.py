@@ -256,7 +256,7 @@ def test_other_tile_sizes_take_the_generic_passes(tile, kernel, rng, monkeypatch
                                                tile=tile), expected, rtol=1e-9, atol=1e-9)
 
 
-def test_auto_runs_winograd_on_5x5_layers_and_matches_reference(rng):
+def test_auto_runs_winograd_on_5x5_layers_and_matches_reference(rng, monkeypatch):
     """`auto` takes F(4x4,5x5) on a large enough 5x5 stride-1 layer (forward and
     grad_input); algorithm="winograd" itself stays 3x3 (DESIGN.md)."""
     x = rng.standard_normal((2, 16, 24, 24)).astype(np.float32)
@@ -272,13 +272,10 @@ def test_auto_runs_winograd_on_5x5_layers_and_matches_reference(rng):
         calls.append(kwargs["tile"] if "tile" in kwargs else args[8])   # (..., out_hw, tile)
         return original(*args, **kwargs)
 
-    try:
-        winograd.conv2d = spy
-        out = fc.conv2d(x, w, b, padding=2)
-        go = rng.standard_normal(out.shape).astype(np.float32)
-        gi = fc.conv2d_grad_input(go, w, x.shape, padding=2)
-    finally:
-        winograd.conv2d = original
+    monkeypatch.setattr(winograd, "conv2d", spy)
+    out = fc.conv2d(x, w, b, padding=2)
+    go = rng.standard_normal(out.shape).astype(np.float32)
+    gi = fc.conv2d_grad_input(go, w, x.shape, padding=2)
     assert calls == [4, 4]
     assert_close(out, reference.conv2d(x, w, b, (1, 1), (2, 2, 2, 2)), np.float32, 1e-3)
     assert_close(gi, reference.conv2d_grad_input(go, w, x.shape, (1, 1), (2, 2, 2, 2)),

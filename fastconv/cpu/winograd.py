@@ -822,7 +822,8 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
     forward's (tiles of step m); the grad_out tiles go through the filter transform's
     kernel, and the sum over tiles is alpha^2 GEMMs reducing over the tiles:
     dW[e] (K x C) = U_go[e] (K x T) @ V[e]^T (T x C), accumulated over chunks of tile
-    rows (V and U_go within the workspace bound), then transformed back once."""
+    rows, then transformed back once. The chunks' scratch, dW and one more array of
+    dW's size at a time stay within the workspace bound (else im2col serves)."""
     n, c_in = x.shape[:2]
     k_out, c_per_group, r, _ = weight_shape
     k_per_group = k_out // groups
@@ -859,8 +860,12 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
                 np.matmul(u_go[:, ks], v[:, cs].transpose(0, 2, 1), out=dW[:, ks])
             else:
                 dW[:, ks] += np.matmul(u_go[:, ks], v[:, cs].transpose(0, 2, 1))
-    # grad_weight[k, c, p, q] = sum_ab A^T[p, a] dW[a, b, k, c] A^T[q, b]
-    dW = dW.reshape(alpha, alpha, k_out, c_per_group)
-    half = np.tensordot(AT.astype(x.dtype), dW, axes=(1, 0))             # (p, b, k, c)
-    full = np.tensordot(half, AT.astype(x.dtype), axes=(1, 1))           # (p, k, c, q)
-    return np.ascontiguousarray(full.transpose(1, 2, 0, 3))
+    # grad_weight[k, c, p, q] = sum_ab A^T[p, a] dW[a, b, k, c] A^T[q, b]: two GEMMs
+    # that copy nothing (dW is dropped before the second, so no more than dW and one
+    # array of its size are held, as `_grad_weight_reserved_bytes` counts)
+    AT = AT.astype(x.dtype)
+    kc = k_out * c_per_group
+    half = AT @ dW.reshape(alpha, alpha * kc)                 # (p, b * k * c)
+    del dW
+    full = np.matmul(AT, half.reshape(r, alpha, kc))          # (p, q, k * c)
+    return np.ascontiguousarray(full.reshape(r, r, k_out, c_per_group).transpose(2, 3, 0, 1))
