@@ -266,7 +266,9 @@ def _call(module, name, arrays, *args, **options):
     function = functools.partial(getattr(module, name), **options)
     if arrays.device == "cuda":
         return function(*args, stream=arrays.stream())
-    with cpu_slot():
+    # Non-finite operands give NaN/Inf results, as in PyTorch, without NumPy's
+    # RuntimeWarnings from inside our GEMMs.
+    with cpu_slot(), np.errstate(over="ignore", invalid="ignore"):
         return jitcache.call(function, *args)
 
 
@@ -555,12 +557,15 @@ def relu(x):
     if arrays.device == "cuda":
         from .cuda import elementwise
         return arrays.give_back(elementwise.relu(arrays["x"], stream=arrays.stream()))
-    # np.maximum propagates NaN, unlike a comparison-and-select.
-    return np.maximum(arrays["x"], arrays.dtype.type(0))
+    # np.maximum propagates NaN, unlike a comparison-and-select; `out` keeps a 0-d
+    # input a 0-d array (not a NumPy scalar)
+    x = arrays["x"]
+    return np.maximum(x, x.dtype.type(0), out=np.empty(x.shape, x.dtype))
 
 
 def relu_backward(grad_out, x):
-    """grad_out where x > 0, else 0 (torch's threshold_backward). Any shape.
+    """0 where x <= 0, else grad_out (torch's threshold_backward, so where x is NaN
+    the gradient passes). Any shape.
 
     >>> import numpy as np, fastconv as fc
     >>> fc.relu_backward(np.array([5.0, 5.0]), np.array([-1.0, 2.0]))
@@ -575,7 +580,7 @@ def relu_backward(grad_out, x):
         from .cuda import elementwise
         return arrays.give_back(elementwise.relu_backward(
             arrays["grad_out"], arrays["x"], stream=arrays.stream()))
-    return np.where(arrays["x"] > 0, arrays["grad_out"], arrays.dtype.type(0))
+    return np.where(arrays["x"] <= 0, arrays.dtype.type(0), arrays["grad_out"])
 
 
 # --------------------------------------------------------------------------

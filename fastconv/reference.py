@@ -249,5 +249,6 @@ def relu(x):
 
 
 def relu_backward(grad_out, x):
-    """grad_out where x > 0, else 0."""
-    return np.where(np.asarray(x) > 0, np.asarray(grad_out, dtype=np.float64), 0.0)
+    """0 where x <= 0, else grad_out: where x is NaN the gradient passes (as torch's
+    threshold_backward, which tests `x <= 0`)."""
+    return np.where(np.asarray(x) <= 0, 0.0, np.asarray(grad_out, dtype=np.float64))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
+
 _INT64_MAX = 2**63 - 1
 
 
@@ -109,16 +111,18 @@ def _output_length(size, pad_before, pad_after, kernel, stride, dilation,
                    ceil_mode, name) -> int:
     span = dilation * (kernel - 1) + 1
     padded = size + pad_before + pad_after
-    if padded < span:
-        raise ValueError(
-            f"{name}: the (dilated) kernel extent {span} is larger than the padded "
-            f"input size {padded} (input {size} + padding {pad_before}+{pad_after})")
     numerator = padded - span
     out = (-(-numerator // stride) if ceil_mode else numerator // stride) + 1
     # PyTorch's rule: in ceil mode the last window must start inside the
     # input or the left/top padding, not in the right/bottom padding.
     if ceil_mode and (out - 1) * stride >= size + pad_before:
         out -= 1
+    # In ceil mode a window may reach past the padded input, even when the kernel is
+    # larger than it (PyTorch pools 1x5 with 2x2/2 into 1x3): only no window is an error.
+    if out < 1:
+        raise ValueError(
+            f"{name}: the (dilated) kernel extent {span} is larger than the padded "
+            f"input size {padded} (input {size} + padding {pad_before}+{pad_after})")
     return out
 
 
@@ -138,6 +142,20 @@ def output_size(in_hw, kernel_size, stride, padding, dilation=(1, 1),
     out_w = _output_length(in_hw[1], left, right, kernel_size[1], stride[1],
                            dilation[1], ceil_mode, name)
     return out_h, out_w
+
+
+def taps_in_padding(size, out_size, kernel, pad_before, stride, dilation):
+    """Along one axis: in_padding[p, o] tells whether tap p of output o's window lies
+    in the padding (outside the input's [0, size)).
+
+    >>> taps_in_padding(3, 3, 3, 1, 1, 1).astype(int)
+    array([[1, 0, 0],
+           [0, 0, 0],
+           [0, 0, 1]])
+    """
+    position = (np.arange(out_size)[None, :] * stride - pad_before
+                + np.arange(kernel)[:, None] * dilation)
+    return (position < 0) | (position >= size)
 
 
 def check_element_count(shape, name: str):

@@ -74,12 +74,31 @@ def test_torch_cpu_tensors_are_array_likes(rng):
                                rtol=1e-12)
 
 
-def test_relu_and_its_gradient_follow_torch():
-    x = np.array([-2.0, -0.0, 0.0, 1.5, np.nan, np.inf, -np.inf])
+RELU_EDGES = np.array([-2.0, -0.0, 0.0, 1.5, np.nan, np.inf, -np.inf])
+
+
+def test_relu_and_its_gradient_follow_the_reference():
+    x = RELU_EDGES
     np.testing.assert_array_equal(fc.relu(x), reference.relu(x))
     go = np.arange(7.0)
+    np.testing.assert_array_equal(fc.relu_backward(go, x), [0, 0, 0, 3, 4, 5, 0])
     np.testing.assert_array_equal(fc.relu_backward(go, x), reference.relu_backward(go, x))
     assert fc.relu(x.astype(np.float32)).dtype == np.float32
+
+
+def test_relu_and_its_gradient_follow_torch():
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor(RELU_EDGES, requires_grad=True)
+    torch.relu(xt).backward(torch.arange(7.0, dtype=torch.float64))
+    np.testing.assert_array_equal(fc.relu(RELU_EDGES), torch.relu(xt).detach().numpy())
+    np.testing.assert_array_equal(fc.relu_backward(np.arange(7.0), RELU_EDGES),
+                                  xt.grad.numpy())
+
+
+def test_relu_keeps_a_0d_array_an_array():
+    out = fc.relu(np.array(-1.5))
+    assert isinstance(out, np.ndarray) and out.shape == () and out == 0
+    assert fc.relu_backward(np.array(2.0), np.array(1.0)).shape == ()
 
 
 def test_grad_bias_is_a_channel_sum(rng):

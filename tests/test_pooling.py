@@ -120,6 +120,65 @@ def test_ceil_mode_window_may_not_start_in_the_padding():
     np.testing.assert_allclose(avg[0, 0, 1, 1], 1.0)
 
 
+# In ceil mode an input smaller than the kernel is pooled when a window starts
+# inside it (PyTorch's rule): (x_shape, kernel, stride, padding, dilation).
+SMALL_INPUT_CASES = [((2, 3, 1, 5), 2, 2, 0, 1), ((1, 2, 1, 5), 3, 3, 0, 1),
+                     ((1, 2, 2, 5), 3, 2, 1, 1), ((2, 1, 1, 1), 4, 4, 0, 1),
+                     ((1, 2, 3, 4), (5, 2), (4, 2), (2, 0), 1),
+                     ((1, 2, 2, 6), 2, 3, 1, 2)]
+
+
+@pytest.mark.parametrize("case", SMALL_INPUT_CASES, ids=_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ceil_mode_input_smaller_than_the_kernel_matches_reference(case, dtype):
+    x_shape, kernel, stride, padding, dilation = case
+    x = _data(x_shape, dtype, seed=3)
+    k, s, p, d, out_hw = pool_geometry(x_shape[2:], kernel, stride, padding, dilation, True)
+    values, indices = fc.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode=True,
+                                    return_indices=True)
+    ref_values, ref_indices = reference.max_pool2d(x, k, s, p, d, True)
+    np.testing.assert_array_equal(values, ref_values.astype(dtype))
+    np.testing.assert_array_equal(indices, ref_indices)
+    go = _data(values.shape, dtype, seed=4)
+    assert_close(fc.max_pool2d_backward(go, x, kernel, stride, padding, dilation, True),
+                 reference.max_pool2d_backward(go, x, k, s, p, d, True), dtype)
+    if dilation == 1:
+        for include in (True, False):
+            kw = dict(ceil_mode=True, count_include_pad=include)
+            assert_close(fc.avg_pool2d(x, kernel, stride, padding, **kw),
+                         reference.avg_pool2d(x, k, s, p, True, include), dtype)
+            assert_close(fc.avg_pool2d_backward(go, x_shape, kernel, stride, padding, **kw),
+                         reference.avg_pool2d_backward(go, x_shape, k, s, p, True, include),
+                         dtype)
+
+
+@pytest.mark.parametrize("case", [c for c in SMALL_INPUT_CASES if c[4] == 1], ids=_id)
+def test_ceil_mode_input_smaller_than_the_kernel_matches_torch(case):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x_shape, kernel, stride, padding, _ = case
+    x = _data(x_shape, np.float64, seed=5)
+    xt = torch.tensor(x, requires_grad=True)
+    expected = F.max_pool2d(xt, kernel, stride, padding, ceil_mode=True)
+    go = _data(tuple(expected.shape), np.float64, seed=6)
+    expected.backward(torch.tensor(go))
+    np.testing.assert_array_equal(fc.max_pool2d(x, kernel, stride, padding, ceil_mode=True),
+                                  expected.detach().numpy())
+    np.testing.assert_array_equal(
+        fc.max_pool2d_backward(go, x, kernel, stride, padding, ceil_mode=True), xt.grad.numpy())
+    for include in (True, False):
+        xt = torch.tensor(x, requires_grad=True)
+        expected = F.avg_pool2d(xt, kernel, stride, padding, ceil_mode=True,
+                                count_include_pad=include)
+        expected.backward(torch.tensor(go))
+        kw = dict(ceil_mode=True, count_include_pad=include)
+        np.testing.assert_allclose(fc.avg_pool2d(x, kernel, stride, padding, **kw),
+                                   expected.detach().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(
+            fc.avg_pool2d_backward(go, x_shape, kernel, stride, padding, **kw),
+            xt.grad.numpy(), rtol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_ceil_mode_and_edge_windows_match_torch(dtype):
     torch = pytest.importorskip("torch")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastconv as fc
-from fastconv import reference, threads
+from fastconv import reference, shapes, threads
 
 from .conftest import assert_close
 
@@ -43,6 +43,66 @@ def test_nan_and_inf_propagate_like_the_reference(algorithm, dtype, rng):
     np.testing.assert_array_equal(np.isneginf(out), np.isneginf(expected))
     finite = np.isfinite(expected)
     assert_close(np.where(finite, out, 0), np.where(finite, expected, 0), dtype)
+
+
+def _assert_same_nonfinite_pattern(out, expected, dtype):
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+    np.testing.assert_array_equal(np.isposinf(out), np.isposinf(expected))
+    np.testing.assert_array_equal(np.isneginf(out), np.isneginf(expected))
+    finite = np.isfinite(expected)
+    assert_close(np.where(finite, out, 0), np.where(finite, expected, 0), dtype)
+
+
+# (C_in, C_out, groups, kernel, stride, padding, dilation): between them they run each
+# direct kernel (columns-inner, channels-inner, depthwise planes, grad_input as a forward)
+NONFINITE_LAYERS = [
+    (3, 4, 1, (3, 3), 1, 1, 1),
+    (2, 32, 1, (3, 2), 1, ((2, 0), (1, 1)), 1),
+    (32, 4, 1, (3, 3), 2, 1, 1),
+    (4, 4, 4, (3, 3), 1, 1, 1),
+    (4, 8, 4, (3, 3), 2, 2, 2),
+]
+
+
+@pytest.mark.parametrize("where", ["weight", "grad_out", "x"])
+@pytest.mark.parametrize("algorithm", ["direct", "im2col", "auto"])
+@pytest.mark.parametrize("layer", NONFINITE_LAYERS, ids=str)
+def test_padding_times_inf_is_nan_in_every_operation(layer, algorithm, where, rng):
+    """PyTorch multiplies the zero padding: 0 * Inf over the padding is NaN, in the
+    forward pass (an Inf weight) and the weight gradient (an Inf in grad_out); the
+    input gradient has no padding terms. Each operation's NaN/Inf pattern is the
+    reference's, one non-finite value at a time."""
+    c_in, c_out, groups, kernel, stride, padding, dilation = layer
+    x = rng.standard_normal((2, c_in, 7, 6))
+    w = rng.standard_normal((c_out, c_in // groups) + kernel)
+    options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    go = rng.standard_normal(fc.conv2d(x, w, **options).shape)
+    dilation_hw = shapes.pair(dilation, "dilation")
+    ref = (shapes.pair(stride, "stride"), shapes.conv_padding(padding, kernel, dilation_hw, stride),
+           dilation_hw, groups)
+    target = {"weight": w, "grad_out": go, "x": x}[where]
+    for value in [np.inf, -np.inf, np.nan]:
+        target.flat[0] = value                  # a corner: over the padding of some window
+        target.flat[target.size // 2 + 1] = -value if value != value else 1.0
+        _assert_same_nonfinite_pattern(
+            fc.conv2d(x, w, algorithm=algorithm, **options),
+            reference.conv2d(x, w, None, *ref), np.float64)
+        _assert_same_nonfinite_pattern(
+            fc.conv2d_grad_input(go, w, x.shape, algorithm=algorithm, **options),
+            reference.conv2d_grad_input(go, w, x.shape, *ref), np.float64)
+        _assert_same_nonfinite_pattern(
+            fc.conv2d_grad_weight(go, x, w.shape, algorithm=algorithm, **options),
+            reference.conv2d_grad_weight(go, x, w.shape, *ref), np.float64)
+
+
+def test_direct_weight_gradient_of_an_overflow_is_inf():
+    """The direct kernel's column sums once started from a[0] * 0, NaN for an Inf."""
+    go = np.array([[[[np.inf, 1.0]]]])
+    x = np.ones((1, 1, 1, 2))
+    assert fc.conv2d_grad_weight(go, x, (1, 1, 1, 1), algorithm="direct")[0, 0, 0, 0] == np.inf
+    big = np.full((1, 2, 4, 4), 3e19, np.float32)      # products overflow float32
+    gw = fc.conv2d_grad_weight(big, big, (2, 1, 1, 1), groups=2)   # auto: direct
+    assert np.isposinf(gw).all()
 
 
 def test_nan_pattern_matches_torch(rng):

@@ -49,13 +49,21 @@ def test_output_size(in_hw, kernel, stride, padding, dilation, ceil, expected):
 def test_output_size_matches_torch_over_a_grid():
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
-    for size in range(3, 9):
-        for k in range(1, 4):
-            for s in range(1, 4):
+    # sizes below the kernel too: in ceil mode PyTorch pools them when a window starts
+    # inside the input (1x5 by 2x2/2 -> 1x3), and refuses them otherwise, as we must
+    for size in range(1, 9):
+        for k in range(1, 6):
+            for s in range(1, 5):
                 for p in range(0, k // 2 + 1):
                     for ceil in (False, True):
                         x = torch.zeros(1, 1, size, size)
-                        out = F.max_pool2d(x, k, s, p, ceil_mode=ceil).shape[-1]
+                        try:
+                            out = F.max_pool2d(x, k, s, p, ceil_mode=ceil).shape[-1]
+                        except RuntimeError:
+                            with pytest.raises(ValueError, match="larger than the padded"):
+                                shapes.output_size((size, size), (k, k), (s, s),
+                                                   (p, p, p, p), (1, 1), ceil)
+                            continue
                         ours = shapes.output_size((size, size), (k, k), (s, s),
                                                   (p, p, p, p), (1, 1), ceil)
                         assert ours == (out, out), (size, k, s, p, ceil)
@@ -64,3 +72,11 @@ def test_output_size_matches_torch_over_a_grid():
 def test_kernel_larger_than_padded_input_is_refused():
     with pytest.raises(ValueError, match="larger than the padded input"):
         shapes.output_size((2, 2), (3, 3), (1, 1), (0, 0, 0, 0))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        shapes.output_size((2, 2), (3, 3), (1, 1), (0, 0, 0, 0), ceil_mode=True)
+
+
+def test_ceil_mode_pools_an_input_smaller_than_the_kernel():
+    # PyTorch: 1x5 by 2x2 stride 2 in ceil mode is 1x3 (each window starts inside)
+    assert shapes.output_size((1, 5), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), True) == (1, 3)
+    assert shapes.output_size((1, 1), (4, 4), (4, 4), (0, 0, 0, 0), (1, 1), True) == (1, 1)

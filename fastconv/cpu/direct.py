@@ -25,6 +25,7 @@ import numpy as np
 from numba import prange
 
 from ..config import config
+from ..shapes import taps_in_padding
 from ._common import (HELPER, KERNEL, bias_or_zeros, copy, grad_input_as_forward,
                       output_of_tap, readonly, valid_range)
 
@@ -325,8 +326,8 @@ def _grad_weight(go, x, gw, sh, sw, pt, pl, dh, dw, groups):
         for p in range(kh):
             for q in range(kw):
                 a = acc[p * kw + q]
-                s = a[0] * 0
-                for j in range(out_w):
+                s = a[0]        # (not a zero made as a[0] * 0: that is NaN for an Inf)
+                for j in range(1, out_w):
                     s += a[j]
                 gw[k, cc, p, q] = s
 
@@ -402,6 +403,45 @@ def _planes_block(n, groups, k_per_group):
     return -(-k_per_group // blocks)
 
 
+# The kernels skip the padding instead of multiplying its zeros, which gives the same
+# sums except that PyTorch's 0 * Inf or 0 * NaN over the padding is NaN. These two
+# restore that, only for calls where an operand is not finite (one isfinite pass).
+
+def _padding_taps(in_hw, out_hw, kernel_hw, stride, padding, dilation):
+    top, _, left, _ = padding
+    return (taps_in_padding(in_hw[0], out_hw[0], kernel_hw[0], top, stride[0], dilation[0]),
+            taps_in_padding(in_hw[1], out_hw[1], kernel_hw[1], left, stride[1], dilation[1]))
+
+
+def _nan_where_padding_meets_nonfinite_weights(out, weight, in_hw, stride, padding,
+                                               dilation):
+    """out[:, k, i, j] = NaN where a non-finite weight tap of filter k lies over the
+    padding in output (i, j)'s window."""
+    if np.isfinite(weight).all():
+        return
+    rows, cols = _padding_taps(in_hw, out.shape[2:], weight.shape[2:], stride, padding,
+                               dilation)
+    bad = ~np.isfinite(weight).all(axis=1)                       # (K, kH, kW)
+    nan_rows = bad.any(axis=2).astype(np.int64) @ rows > 0        # (K, out_h)
+    nan_cols = bad.any(axis=1).astype(np.int64) @ cols > 0        # (K, out_w)
+    out[:, nan_rows[:, :, None] | nan_cols[:, None, :]] = np.nan
+
+
+def _nan_where_padding_meets_nonfinite_grad_out(grad_weight, grad_out, in_hw, stride,
+                                                padding, dilation):
+    """grad_weight[k, :, p, q] = NaN where tap (p, q) lies over the padding in the
+    window of an output whose grad_out[:, k] is not finite."""
+    if np.isfinite(grad_out).all():
+        return
+    rows, cols = _padding_taps(in_hw, grad_out.shape[2:], grad_weight.shape[2:], stride,
+                               padding, dilation)
+    bad = ~np.isfinite(grad_out)                                  # (N, K, out_h, out_w)
+    nan_p = bad.any(axis=(0, 3)).astype(np.int64) @ rows.T > 0    # (K, kH)
+    nan_q = bad.any(axis=(0, 2)).astype(np.int64) @ cols.T > 0    # (K, kW)
+    k, p, q = np.nonzero(nan_p[:, :, None] | nan_q[:, None, :])
+    grad_weight[k, :, p, q] = np.nan
+
+
 def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
     """Forward convolution (cross-correlation); see docs/internals.md."""
     n = x.shape[0]
@@ -420,13 +460,18 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
         _forward_channels_inner(readonly(x), wt, b, out, *geometry)
     else:
         _forward(readonly(x), readonly(weight), b, out, *geometry)
+    _nan_where_padding_meets_nonfinite_weights(out, weight, x.shape[2:], stride, padding,
+                                               dilation)
     return out
 
 
 def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, groups):
     """Gradient with respect to the input, gathered per input row; depthwise at
-    stride 1 as the forward `_forward_planes` of the rotated kernel."""
-    if tuple(stride) == (1, 1) and weight.shape[0] == groups and weight.shape[1] == 1:
+    stride 1 as the forward `_forward_planes` of the rotated kernel (with finite
+    weights: that forward multiplies them by grad_out's zero padding, which has no
+    counterpart in the gradient)."""
+    if (tuple(stride) == (1, 1) and weight.shape[0] == groups and weight.shape[1] == 1
+            and np.isfinite(weight).all()):
         grad_out, rotated, new_padding = grad_input_as_forward(grad_out, weight, padding,
                                                                dilation, groups)
         return conv2d(grad_out, rotated, None, (1, 1), new_padding, dilation, groups,
@@ -460,8 +505,11 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
             got = readonly(got.reshape(got.shape[:3] + (groups, k_out // groups)))
             _grad_weight_channels_inner(got, xr, gwt, n0, stride[0], stride[1], top, left,
                                         dilation[0], dilation[1], groups)
-        return np.ascontiguousarray(gwt.reshape(cg, kh, kw, k_out).transpose(3, 0, 1, 2))
-    gw = np.empty(tuple(weight_shape), dtype=x.dtype)
-    _grad_weight(readonly(grad_out), readonly(x), gw, stride[0], stride[1], top, left,
-                 dilation[0], dilation[1], groups)
+        gw = np.ascontiguousarray(gwt.reshape(cg, kh, kw, k_out).transpose(3, 0, 1, 2))
+    else:
+        gw = np.empty(tuple(weight_shape), dtype=x.dtype)
+        _grad_weight(readonly(grad_out), readonly(x), gw, stride[0], stride[1], top, left,
+                     dilation[0], dilation[1], groups)
+    _nan_where_padding_meets_nonfinite_grad_out(gw, grad_out, x.shape[2:], stride, padding,
+                                                dilation)
     return gw

@@ -378,13 +378,14 @@ def _make_grad_weight(dtype_name: str, KB: int, KH: int, KW: int):
                     gov[kk] = grad_out[n, k0 + kk, oh, ow] if kk < nk else zero
                 for p in range(KH):
                     ir = oh * sh - pt + p * dh
-                    if ir < 0 or ir >= height:
-                        continue
+                    row_inside = ir >= 0 and ir < height
                     for q in range(KW):
                         ic = ow * sw - pl + q * dw
-                        if ic < 0 or ic >= width:
-                            continue
-                        xv = x[n, cin, ir, ic]
+                        # the padding's zeros are multiplied, not skipped: an Inf or NaN
+                        # in grad_out then gives NaN (0 * Inf), as in PyTorch
+                        xv = zero
+                        if row_inside and ic >= 0 and ic < width:
+                            xv = x[n, cin, ir, ic]
                         for kk in range(KB):
                             acc[kk * KHW + p * KW + q] += gov[kk] * xv
             # Fixed-order tree reduction of all NACC accumulators at once; the

@@ -30,7 +30,8 @@ def _relu_backward_kernel(grad_out, x, grad_x):
     i = cuda.grid(1)
     step = cuda.gridsize(1)
     while i < x.size:
-        grad_x[i] = grad_out[i] if x[i] > 0 else 0
+        # torch's threshold_backward: a NaN x passes the gradient
+        grad_x[i] = 0 if x[i] <= 0 else grad_out[i]
         i += step
 
 

@@ -62,6 +62,25 @@ def _check_conv(rng, on_device, to_host, case, dtype):
     return gw
 
 
+def test_direct_padding_times_inf_is_nan(on_device, to_host):
+    """The padding's zeros are multiplied, as in PyTorch: an Inf in grad_out over the
+    padding makes the weight gradient NaN there; the forward pass likewise with an
+    Inf weight."""
+    x = np.ones((1, 1, 3, 3))
+    go = np.ones((1, 1, 3, 3))
+    go[0, 0, 0, 0] = np.inf
+    geom = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
+    expected = reference.conv2d_grad_weight(go, x, (1, 1, 3, 3), *geom)
+    gw = to_host(direct.conv2d_grad_weight(on_device(go), on_device(x), (1, 1, 3, 3), *geom))
+    np.testing.assert_array_equal(np.isnan(gw), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(gw), np.isinf(expected))
+    w = np.ones((1, 1, 3, 3))
+    w[0, 0, 0, 0] = np.inf
+    out = to_host(direct.conv2d(on_device(x), on_device(w), None, *geom[:3], 1, (3, 3)))
+    np.testing.assert_array_equal(np.isnan(out),
+                                  np.isnan(reference.conv2d(x, w, None, *geom)))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", list(CONV_CASES))
 def test_direct_conv_and_gradients(rng, on_device, to_host, name, dtype):
@@ -133,6 +152,7 @@ MAX_CASES = {
     "2x3-dil": (1, 2, 7, 7, (2, 3), (1, 2), ((1, 1), (0, 1)), (2, 1), False),
     "2x2-ceil-partial": (1, 1, 5, 5, 2, 2, 0, 1, True),
     "3x2-s1-pad": (1, 3, 4, 5, (3, 2), 1, (1, 1), 1, False),
+    "ceil-input-under-kernel": (1, 2, 2, 5, (5, 4), 3, (1, 0), 1, True),
 }
 
 
@@ -198,6 +218,7 @@ AVG_CASES = {
     "3x3s2-pad-ceil": (1, 2, 7, 6, 3, 2, ((1, 1), (1, 0)), True),
     "2x3-s1-2": (2, 1, 5, 7, (2, 3), (1, 2), (1, 1), False),
     "2x2-ceil-partial": (1, 2, 5, 5, 2, 2, 0, True),
+    "ceil-input-under-kernel": (1, 2, 2, 5, 4, 3, 0, True),
 }
 
 
