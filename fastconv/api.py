@@ -19,6 +19,7 @@ from .threads import cpu_slot
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _ACCEPTED = "float32 or float64 arrays (NumPy, or CUDA arrays: CuPy, Numba, torch)"
+CONV_OPERATIONS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
 
 
 # --------------------------------------------------------------------------
@@ -425,8 +426,9 @@ def _divisor(divisor_override):
         return 0
     if not shapes._is_int(divisor_override):
         raise TypeError(f"divisor_override must be an int or None, got {divisor_override!r}")
-    if divisor_override < 1:
-        raise ValueError(f"divisor_override must be >= 1, got {divisor_override!r}")
+    if not 1 <= divisor_override <= shapes.GEOMETRY_MAX:
+        raise ValueError(
+            f"divisor_override must be between 1 and 2**31 - 1, got {divisor_override!r}")
     return int(divisor_override)
 
 
@@ -597,6 +599,8 @@ def explain(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, device=
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if operation not in CONV_OPERATIONS:
+        raise ValueError(f"operation must be one of {CONV_OPERATIONS}, got {operation!r}")
     x_shape = _check_shape_arg(x_shape, "x_shape", (4,))
     w_shape = _check_shape_arg(w_shape, "w_shape", (4,))
     problem = _ConvProblem(x_shape, w_shape, stride, padding, dilation, groups)

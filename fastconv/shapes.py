@@ -15,6 +15,11 @@ import numpy as np
 
 _INT64_MAX = 2**63 - 1
 
+# The largest stride, dilation, padding or kernel size accepted (PyTorch keeps these
+# in C ints too). Products and sums of a few such values stay far inside int64, the
+# kernels' index type, so no index arithmetic can wrap around.
+GEOMETRY_MAX = 2**31 - 1
+
 
 def _is_int(value) -> bool:
     # bool is an int subclass, but `stride=True` is always a mistake.
@@ -28,6 +33,8 @@ def _check_int(value, name: str, minimum: int):
             f"of type {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    if value > GEOMETRY_MAX:
+        raise ValueError(f"{name} must be at most 2**31 - 1, got {value!r}")
     return int(value)
 
 
@@ -185,6 +192,10 @@ def pool_geometry(in_hw, kernel_size, stride, padding, dilation, ceil_mode):
     Returns (kernel_size, stride, padding4, dilation, (out_h, out_w)).
     """
     kernel_size = pair(kernel_size, "kernel_size")
+    if kernel_size[0] * kernel_size[1] > GEOMETRY_MAX:
+        # the max-pool kernels keep a window position in an int32
+        raise ValueError(
+            f"kernel_size must hold at most 2**31 - 1 elements, got {kernel_size!r}")
     stride = kernel_size if stride is None else pair(stride, "stride")
     dilation = pair(dilation, "dilation")
     if not isinstance(ceil_mode, (bool, numbers.Integral)):

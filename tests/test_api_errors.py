@@ -64,6 +64,13 @@ BAD_CALLS = [
     ("padding wrong nesting", lambda: fc.conv2d(x4(), w4(), padding=((1, 1, 1), (1, 1))), ValueError, "padding"),
     ("padding None", lambda: fc.conv2d(x4(), w4(), padding=None), TypeError, "padding"),
     ("dilation zero", lambda: fc.conv2d(x4(), w4(), dilation=0), ValueError, "dilation"),
+    # geometry past 2**31 - 1 (it once wrapped around inside the kernels: a crash, wrong
+    # results, or numba's SystemError / OverflowError)
+    ("dilation 2**63 - 1", lambda: fc.conv2d(x4(), w4(), padding="same", dilation=2**63 - 1), ValueError, "dilation"),
+    ("stride 2**63", lambda: fc.conv2d(x4(), w4(), stride=2**63), ValueError, "stride"),
+    ("stride uint64", lambda: fc.max_pool2d(x4(), 3, stride=np.uint64(2**63)), ValueError, "stride"),
+    ("padding 2**31", lambda: fc.conv2d(x4(), w4(), padding=((0, 0), (2**31, 0))), ValueError, "padding"),
+    ("grad_input stride 2**63", lambda: fc.conv2d_grad_input(go4((1, 4, 1, 1)), w4(), (1, 3, 7, 7), stride=2**63), ValueError, "stride"),
     ("algorithm unknown", lambda: fc.conv2d(x4(), w4(), algorithm="fft"), ValueError, "algorithm"),
     ("algorithm not a string", lambda: fc.conv2d(x4(), w4(), algorithm=1), ValueError, "algorithm"),
     ("winograd on 5x5", lambda: fc.conv2d(x4(), w4((4, 3, 5, 5)), algorithm="winograd"), ValueError, "winograd"),
@@ -88,6 +95,9 @@ BAD_CALLS = [
     ("pool kernel larger than input", lambda: fc.max_pool2d(x4((1, 1, 2, 2)), 3), ValueError, "kernel_size"),
     ("pool stride zero", lambda: fc.avg_pool2d(x4(), 2, stride=0), ValueError, "stride"),
     ("pool dilation negative", lambda: fc.max_pool2d(x4(), 2, dilation=-1), ValueError, "dilation"),
+    ("pool kernel 2**40", lambda: fc.max_pool2d(x4(), 2**40, padding=2**39), ValueError, "kernel_size"),
+    ("pool window over 2**31 elements", lambda: fc.max_pool2d(x4(), 70001, stride=1, padding=35000), ValueError, "kernel_size"),
+    ("avg divisor 2**63", lambda: fc.avg_pool2d(x4(), 2, divisor_override=2**63), ValueError, "divisor_override"),
     ("pool ceil_mode string", lambda: fc.max_pool2d(x4(), 2, ceil_mode="yes"), TypeError, "ceil_mode"),
     ("pool return_indices int", lambda: fc.max_pool2d(x4(), 2, return_indices=2), TypeError, "return_indices"),
     ("avg divisor zero", lambda: fc.avg_pool2d(x4(), 2, divisor_override=0), ValueError, "divisor_override"),
@@ -105,6 +115,7 @@ BAD_CALLS = [
     ("relu_backward mixed", lambda: fc.relu_backward(np.ones(3, f32), np.ones(3)), TypeError, "dtype"),
     # explain
     ("explain device", lambda: fc.explain((1, 3, 8, 8), (4, 3, 3, 3), device="tpu"), ValueError, "device"),
+    ("explain operation", lambda: fc.explain((1, 3, 8, 8), (4, 3, 3, 3), operation="conv3d"), ValueError, "operation"),
 ]
 
 
@@ -169,3 +180,23 @@ def test_load_state_never_unpickles(tmp_path):
     np.savez(path, **{"0.weight": np.array([object()], dtype=object)})
     with pytest.raises(ValueError):
         model.load_state(path)
+
+
+def test_geometry_at_the_bound_is_computed_not_refused():
+    """2**31 - 1 is accepted, and the kernels' int64 index arithmetic holds there: the
+    im2col windows, mostly padding, are not materialised, and pooling loops only over
+    the kernel columns that reach the input."""
+    x = np.ones((1, 4, 7, 7))
+    w = np.ones((4, 4, 3, 3))
+    for algorithm in ("direct", "im2col"):
+        out = fc.conv2d(x, w, padding="same", dilation=2**31 - 1, algorithm=algorithm)
+        np.testing.assert_array_equal(out, 4.0)      # only the centre tap is inside
+        gw = fc.conv2d_grad_weight(x, x, w.shape, padding="same", dilation=2**31 - 1,
+                                   algorithm=algorithm)
+        np.testing.assert_array_equal(gw[:, :, 1, 1], 49.0)
+        assert gw.sum() == 49.0 * 16
+    one = np.ones((1, 1, 1, 1))
+    kernel, padding = (1, 2**31 - 1), (0, 2**30 - 1)
+    assert fc.max_pool2d(one, kernel, 1, padding)[0, 0, 0, 0] == 1.0
+    np.testing.assert_allclose(fc.avg_pool2d(one, kernel, 1, padding), 1 / (2**31 - 1))
+    assert fc.max_pool2d_backward(one, one, kernel, 1, padding)[0, 0, 0, 0] == 1.0

@@ -91,14 +91,17 @@ def test_the_grid_covers_every_value():
 # The direct kernels have two loop orders: over output columns (depthwise and small
 # groups) and over channels (groups with >= direct.CHANNELS_INNER_MIN of them).
 # The small grid forces the second with "direct-channels-inner" (here and in
-# test_gradients.py).
-VARIANTS = ["direct", "direct-channels-inner", "im2col"]
+# test_gradients.py). im2col packs through a padded window unless it would not fit
+# the workspace (huge dilation or stride): "im2col-unbuffered" forces the other path.
+VARIANTS = ["direct", "direct-channels-inner", "im2col", "im2col-unbuffered"]
 
 
 def _use_variant(variant, monkeypatch):
-    """Force the variant's direct loop order; -> the `algorithm` to pass."""
+    """Force the variant's loop order or packing; -> the `algorithm` to pass."""
     monkeypatch.setattr(direct, "CHANNELS_INNER_MIN",
                         1 if variant == "direct-channels-inner" else 10**9)
+    if variant == "im2col-unbuffered":
+        monkeypatch.setattr(im2col, "_window_fits", lambda *args: False)
     return variant.split("-")[0]
 
 

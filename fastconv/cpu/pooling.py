@@ -24,6 +24,15 @@ from ._common import HELPER, KERNEL, readonly, valid_range
 
 
 @numba.njit(**HELPER)
+def _column_taps(kw, dw, pl, sw, width, out_w):
+    """[q0, q1): the kernel columns q whose offset q*dw - pl reads the input for some
+    output column; the others read only padding. A kernel far wider than the input
+    then costs its overlap, not its width (2**31 - 1 wide: 11 s before)."""
+    reach = (out_w - 1) * sw
+    return valid_range(reach - pl, dw, width + reach, kw)
+
+
+@numba.njit(**HELPER)
 def _max_row(plane, i, best, pos, idx, kh, kw, sh, sw, pt, pl, dh, dw):
     """best[j], idx[j] = the winner of output (i, j)'s window and its flat index r*W + s.
 
@@ -36,12 +45,11 @@ def _max_row(plane, i, best, pos, idx, kh, kw, sh, sw, pt, pl, dh, dw):
     for j in range(out_w):
         best[j] = -np.inf
         pos[j] = -1
-    for p in range(kh):
-        r = i * sh - pt + p * dh
-        if r < 0 or r >= height:
-            continue
-        xrow = plane[r]
-        for q in range(kw):
+    p0, p1 = valid_range(i * sh - pt, dh, height, kh)     # the rows inside the input
+    q0, q1 = _column_taps(kw, dw, pl, sw, width, out_w)
+    for p in range(p0, p1):
+        xrow = plane[i * sh - pt + p * dh]
+        for q in range(q0, q1):
             off = q * dw - pl
             j0, j1 = valid_range(off, sw, width, out_w)
             if idx is None:
@@ -149,6 +157,7 @@ def _avg_forward(x, out, kh, kw, sh, sw, pt, pb, pl, pr, count_include_pad, divi
     n_img, c_in, height, width = x.shape
     out_h, out_w = out.shape[2], out.shape[3]
     pool_w, clip_w = _avg_columns(width, out_w, kw, sw, pl, pr)
+    q0, q1 = _column_taps(kw, 1, pl, sw, width, out_w)
     for t in prange(n_img * c_in):
         c = t % c_in
         n = t // c_in
@@ -169,7 +178,7 @@ def _avg_forward(x, out, kh, kw, sh, sw, pt, pb, pl, pr, count_include_pad, divi
                 xrow = plane[r]
                 for col in range(width):
                     column_sums[col] += xrow[col]
-            for q in range(kw):
+            for q in range(q0, q1):
                 off = q - pl
                 j0, j1 = valid_range(off, sw, width, out_w)
                 for j in range(j0, j1):
@@ -184,6 +193,7 @@ def _avg_backward(go, gi, kh, kw, sh, sw, pt, pb, pl, pr, count_include_pad, div
     n_img, c_in, height, width = gi.shape
     out_h, out_w = go.shape[2], go.shape[3]
     pool_w, clip_w = _avg_columns(width, out_w, kw, sw, pl, pr)
+    q0, q1 = _column_taps(kw, 1, pl, sw, width, out_w)
     for t in prange(n_img * c_in):
         c = t % c_in
         n = t // c_in
@@ -200,7 +210,7 @@ def _avg_backward(go, gi, kh, kw, sh, sw, pt, pb, pl, pr, count_include_pad, div
                                               h1 - h0, clip_w[j])
             for r in range(h0, h1):
                 girow = plane[r]
-                for q in range(kw):
+                for q in range(q0, q1):
                     off = q - pl
                     j0, j1 = valid_range(off, sw, width, out_w)
                     for j in range(j0, j1):

@@ -129,6 +129,22 @@ def output_of_tap(i, tap, pad, dil, stride, out_n):
     return o if o < out_n else -1
 
 
+@cuda.jit(device=True)
+def valid_range(offset, stride, size, count):
+    """[j0, j1): the j in [0, count) with 0 <= j*stride + offset < size (the CPU
+    kernels' helper of the same name): the taps of a window inside the input, so a
+    kernel far larger than the input costs its overlap, not its size."""
+    j0 = -(offset // stride)
+    if j0 < 0:
+        j0 = 0
+    j1 = (size - 1 - offset) // stride + 1
+    if j1 > count:
+        j1 = count
+    if j1 < j0:
+        j1 = j0
+    return j0, j1
+
+
 def grid_yz(n: int) -> int:
     """A gridDim.y/z of at most 65535 for n work items; kernels loop over the rest."""
     return max(1, min(int(n), MAX_GRID_YZ))

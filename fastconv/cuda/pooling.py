@@ -22,7 +22,8 @@ import numpy as np
 from numba import cuda
 
 from . import _kernels
-from ._kernels import kernel_factory, output_of_tap, split_index, stream_or_default
+from ._kernels import (kernel_factory, output_of_tap, split_index, stream_or_default,
+                       valid_range)
 
 
 @kernel_factory
@@ -43,14 +44,12 @@ def _make_max_forward(dtype_name: str, write_values: bool, write_indices: bool):
             plane, oh, ow = split_index(i, out_h, out_w)
             best = ninf
             best_index = -1
-            for p in range(kh):
+            p0, p1 = valid_range(oh * sh - pt, dh, height, kh)    # taps inside the input
+            q0, q1 = valid_range(ow * sw - pl, dw, width, kw)
+            for p in range(p0, p1):
                 r = oh * sh - pt + p * dh
-                if r < 0 or r >= height:
-                    continue
-                for q in range(kw):
+                for q in range(q0, q1):
                     c = ow * sw - pl + q * dw
-                    if c < 0 or c >= width:
-                        continue
                     v = x[plane, r, c]
                     # strictly greater keeps the first maximum; a NaN replaces
                     # anything (the last NaN wins, as PyTorch); the first valid element
@@ -84,11 +83,15 @@ def _make_max_backward(dtype_name: str):
             plane, r, c = split_index(i, height, width)
             me = r * width + c
             acc = zero
-            for p in range(kh):
+            # the taps p that some output's window reads (r) with: (out_h-1)*sh >=
+            # r + pt - p*dh >= 0; output_of_tap then checks the stride
+            p0, p1 = valid_range((out_h - 1) * sh - r - pt, dh, (out_h - 1) * sh + 1, kh)
+            q0, q1 = valid_range((out_w - 1) * sw - c - pl, dw, (out_w - 1) * sw + 1, kw)
+            for p in range(p0, p1):
                 oh = output_of_tap(r, p, pt, dh, sh, out_h)
                 if oh < 0:
                     continue
-                for q in range(kw):
+                for q in range(q0, q1):
                     ow = output_of_tap(c, q, pl, dw, sw, out_w)
                     if ow < 0:
                         continue
@@ -165,11 +168,13 @@ def _make_avg_backward(dtype_name: str):
         while i < total:
             plane, r, c = split_index(i, height, width)
             acc = zero
-            for p in range(kh):
+            p0, p1 = valid_range((out_h - 1) * sh - r - pt, 1, (out_h - 1) * sh + 1, kh)
+            q0, q1 = valid_range((out_w - 1) * sw - c - pl, 1, (out_w - 1) * sw + 1, kw)
+            for p in range(p0, p1):      # as in max_backward
                 oh = output_of_tap(r, p, pt, 1, sh, out_h)
                 if oh < 0:
                     continue
-                for q in range(kw):
+                for q in range(q0, q1):
                     ow = output_of_tap(c, q, pl, 1, sw, out_w)
                     if ow < 0:
                         continue

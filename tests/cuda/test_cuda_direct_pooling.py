@@ -349,3 +349,18 @@ return [(kernel, sig, True) for kernel, sig in cases]
 
 def test_kernels_lower_for_a_real_gpu():
     assert_kernels_lower("from fastconv.cuda import _kernels, direct, elementwise, pooling", _CASES)
+
+
+def test_pooling_a_kernel_far_larger_than_the_input(on_device, to_host):
+    """The kernels loop over the window taps inside the input only: a 2**31 - 1 wide
+    kernel over a 1x1 input is one tap, not two billion."""
+    one = np.ones((1, 1, 1, 1))
+    kernel, padding = (1, 2**31 - 1), (0, 2**30 - 1)
+    assert to_host(fc.max_pool2d(on_device(one), kernel, 1, padding))[0, 0, 0, 0] == 1.0
+    assert to_host(fc.max_pool2d_backward(on_device(one), on_device(one), kernel, 1,
+                                          padding))[0, 0, 0, 0] == 1.0
+    np.testing.assert_allclose(to_host(fc.avg_pool2d(on_device(one), kernel, 1, padding)),
+                               1 / (2**31 - 1))
+    np.testing.assert_allclose(
+        to_host(fc.avg_pool2d_backward(on_device(one), one.shape, kernel, 1, padding)),
+        1 / (2**31 - 1))
