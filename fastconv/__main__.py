@@ -44,6 +44,7 @@ def info() -> int:
 
 
 def check() -> int:
+    """Every operator and algorithm against the float64 references, on each usable device."""
     from . import selfcheck
     from .cuda import interop
     devices = ("cpu", "cuda") if interop.cuda_available()[0] else ("cpu",)
@@ -54,12 +55,15 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m fastconv", description=__doc__)
     parser.add_argument("command", choices=["info", "check", "demo", "filters", "bench"])
-    args, rest = parser.parse_known_args(argv[:1])
+    args = parser.parse_args(argv[:1])
     rest = argv[1:]
-    if args.command == "info":
-        return info()
-    if args.command == "check":
-        return check()
+    if args.command in ("info", "check"):
+        command = info if args.command == "info" else check
+        # it takes no arguments: a parser of its own makes any a usage error (exit 2)
+        # instead of ignoring it, and gives it --help
+        argparse.ArgumentParser(prog=f"python -m fastconv {args.command}",
+                                description=command.__doc__).parse_args(rest)
+        return command()
     if args.command == "demo":
         from . import demo
         return demo.main(rest) or 0

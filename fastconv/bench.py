@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
+import numbers
 import os
 import subprocess
 import sys
@@ -49,16 +51,44 @@ def run_benchmarks(json_path, select=None, full=False, extra=()):
     return subprocess.call(cmd, env=env, cwd=ROOT)
 
 
+def _number(value, positive=False):
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value) and (value > 0 or not positive))
+
+
 def load(json_path):
-    """{group: {impl: (min seconds, gflops or None)}} in file order, and the JSON's machine info."""
-    with open(json_path) as f:
-        data = json.load(f)
+    """{group: {impl: (min seconds, gflops or None)}} in file order, and the JSON's machine info.
+
+    A file that cannot be read, is not JSON, holds no benchmarks or an entry without a
+    name or a positive ``stats.min`` raises ValueError naming the file (and the entry)."""
+    try:
+        with open(json_path) as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot read --json {json_path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"--json {json_path} is not JSON: {exc}") from None
+    benchmarks = data.get("benchmarks") if isinstance(data, dict) else None
+    if not isinstance(benchmarks, list) or not benchmarks:
+        raise ValueError(f"--json {json_path} holds no benchmarks (a pytest-benchmark JSON "
+                         "with a non-empty \"benchmarks\" list is expected)")
     groups = OrderedDict()
-    for bench in data["benchmarks"]:
-        info = bench.get("extra_info", {})
-        impl = info.get("impl") or bench["param"] or bench["name"]
-        groups.setdefault(bench["group"] or bench["name"], OrderedDict())[impl] = (
-            bench["stats"]["min"], info.get("gflops"))
+    for i, bench in enumerate(benchmarks):
+        bench = bench if isinstance(bench, dict) else {}
+        info = bench.get("extra_info")
+        info = info if isinstance(info, dict) else {}
+        stats = bench.get("stats")
+        seconds = stats.get("min") if isinstance(stats, dict) else None
+        name = bench.get("name")
+        if not isinstance(name, str) or not _number(seconds, positive=True):
+            raise ValueError(f"--json {json_path}: benchmarks[{i}] is not a benchmark entry "
+                             "(it needs a \"name\" and a positive \"stats\": {\"min\": ...})")
+        # "param" and "group" may be null or absent (a benchmark without parameters):
+        # the name stands in for them
+        impl = str(info.get("impl") or bench.get("param") or name)
+        gflops = info.get("gflops")
+        groups.setdefault(str(bench.get("group") or name), OrderedDict())[impl] = (
+            seconds, gflops if _number(gflops) else None)
     return groups, data
 
 
@@ -142,6 +172,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmark-results.md"))
     parser.add_argument("--png", default=os.path.join(ROOT, "docs", "benchmark-ratios.png"))
     args = parser.parse_args(argv)
+    # checked before the benchmarks run (minutes), not when the report is written
+    for option, path in (("--out", args.out), ("--png", args.png)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder):
+            parser.error(f"{option} {path}: the folder {folder} does not exist")
     json_paths = args.json
     if not json_paths:
         import tempfile
@@ -150,13 +185,17 @@ def main(argv=None) -> int:
         if rc not in (0, 5) or not os.path.exists(json_paths[0]):
             print(f"benchmarks failed (exit {rc})", file=sys.stderr)
             return rc or 1
-    groups, data = load(json_paths[0])
-    for path in json_paths[1:]:
-        more, _ = load(path)
-        for group, impls in more.items():
-            groups.setdefault(group, OrderedDict()).update(impls)
-    machine = data.get("machine_info", {})
-    when = data.get("datetime", datetime.datetime.now(datetime.timezone.utc).isoformat())
+    try:
+        groups, data = load(json_paths[0])
+        for path in json_paths[1:]:
+            more, _ = load(path)
+            for group, impls in more.items():
+                groups.setdefault(group, OrderedDict()).update(impls)
+    except ValueError as exc:
+        raise SystemExit(f"fastconv bench: {exc}") from None
+    machine = data.get("machine_info")
+    machine = machine if isinstance(machine, dict) else {}
+    when = str(data.get("datetime") or datetime.datetime.now(datetime.timezone.utc).isoformat())
     import numba
     threads = f"{os.cpu_count()} CPUs, numba {numba.get_num_threads()} threads"
     try:
@@ -171,11 +210,14 @@ def main(argv=None) -> int:
               f"{machine.get('OPENBLAS_THREAD_TIMEOUT', 'unset')}.")
     text = markdown(groups, header)
     print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    if args.png:
-        plot(groups, args.png, title)
+    try:
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text)
+        if args.png:
+            plot(groups, args.png, title)
+    except OSError as exc:
+        raise SystemExit(f"fastconv bench: cannot write {exc.filename}: {exc.strerror or exc}") from None
     return 0
 
 

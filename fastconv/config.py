@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import numbers
 import threading
 
 ALGORITHMS = ("auto", "direct", "im2col", "winograd")
@@ -30,12 +31,12 @@ class Config:
 
     @workspace_bytes.setter
     def workspace_bytes(self, value):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not _is_int(value):
             raise TypeError(f"workspace_bytes must be an int, got {value!r}")
         if value < 1024:
             raise ValueError(f"workspace_bytes must be >= 1024, got {value!r}")
         with self._lock:
-            self._workspace_bytes = value
+            self._workspace_bytes = int(value)
 
     @property
     def num_threads(self):
@@ -45,14 +46,20 @@ class Config:
     def num_threads(self, value):
         import numba
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int):
+            if not _is_int(value):
                 raise TypeError(f"num_threads must be an int or None, got {value!r}")
             if not 1 <= value <= numba.config.NUMBA_NUM_THREADS:
                 raise ValueError(
                     f"num_threads must be in 1..{numba.config.NUMBA_NUM_THREADS}, "
                     f"got {value!r}")
+            value = int(value)
         with self._lock:
             self._num_threads = value  # applied per call by fastconv.threads
+
+
+def _is_int(value) -> bool:
+    # numpy integers count, as everywhere in the API; bool does not (num_threads=True is a slip)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 config = Config()

@@ -285,7 +285,8 @@ def parse_args(argv):
                                             "with fastconv's kernels and plot what it learned.")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 15; 3 with --quick)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT}/)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, weights and batches")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the split, weights and batches (0 <= seed < 2**32)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (cosine schedule)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -303,8 +304,10 @@ def parse_args(argv):
         p.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.blas_threads < 0:
         p.error(f"--blas-threads must be >= 0, got {args.blas_threads}")
-    if not args.lr > 0:
-        p.error(f"--lr must be > 0, got {args.lr}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        p.error(f"--lr must be a finite number > 0, got {args.lr}")
+    if not 0 <= args.seed < 2**32:  # scikit-learn's split takes no other seed
+        p.error(f"--seed must be in 0..{2**32 - 1}, got {args.seed}")
     return args
 
 
@@ -312,6 +315,7 @@ def run(epochs=15, out=DEFAULT_OUT, seed=0, batch_size=32, lr=0.05, device="auto
         progress=True, log=print):
     """Train, evaluate, plot. Returns the metrics dict (also written to metrics.json)."""
     t_start = time.perf_counter()
+    os.makedirs(out, exist_ok=True)  # before training: a bad folder should not cost a run
     device, why = pick_device(device)
     log(f"fastconv demo: training digits_cnn on scikit-learn's 8x8 digits on the "
         f"{'GPU' if device == 'cuda' else 'CPU'} ({why})")
@@ -333,7 +337,6 @@ def run(epochs=15, out=DEFAULT_OUT, seed=0, batch_size=32, lr=0.05, device="auto
     test_acc, preds = evaluate(model, x_test_dev, y_test_dev)
     t_train = time.perf_counter() - t_start
 
-    os.makedirs(out, exist_ok=True)
     pictures = {name: os.path.join(out, name) for name in
                 ("curves.png", "filters.png", "feature_maps.png", "confusion.png")}
     plot_curves(history, pictures["curves.png"])
@@ -362,6 +365,13 @@ def run(epochs=15, out=DEFAULT_OUT, seed=0, batch_size=32, lr=0.05, device="auto
 def main(argv=None) -> int:
     """CLI entry: ``fastconv.demo.main(["--epochs", "5", "--out", "dir"])``."""
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    # the folder is checked before training, so a bad --out fails at once
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"fastconv demo: cannot create --out {args.out}: {exc.strerror or exc}") from None
+    if not os.access(args.out, os.W_OK):
+        raise SystemExit(f"fastconv demo: --out {args.out} is not writable")
     with blas_threads(args.blas_threads):
         run(epochs=args.epochs, out=args.out, seed=args.seed, batch_size=args.batch_size,
             lr=args.lr, device=args.device, progress=not args.no_progress)

@@ -299,6 +299,12 @@ def _grid(images, titles, path, suptitle, cols, cmaps, cell=2.0):
     plt.close(fig)
 
 
+# The widest LM filter, the LoG at sigma 3 * sqrt(2)^4 = 12, is negligible beyond 3 sigma
+# (a 73x73 support); 101 leaves room to spare, and far larger sizes only cost memory
+# (48 * size^2 doubles: 3.8 TB for size 100001) and conv2d time.
+LM_MAX_SIZE = 101
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m fastconv filters",
                                 description="Apply classic kernels and the Leung-Malik filter "
@@ -308,8 +314,12 @@ def parse_args(argv):
     p.add_argument("--out", default="fastconv-filters", help="output folder (default ./fastconv-filters/)")
     p.add_argument("--max-size", type=int, default=256,
                    help="downsize the image's longer side to this many pixels (default 256)")
-    p.add_argument("--lm-size", type=int, default=49, help="Leung-Malik filter size (odd, default 49)")
-    return p.parse_args(argv)
+    p.add_argument("--lm-size", type=int, default=49,
+                   help=f"Leung-Malik filter size (odd, 3..{LM_MAX_SIZE}, default 49)")
+    args = p.parse_args(argv)
+    if not (3 <= args.lm_size <= LM_MAX_SIZE and args.lm_size % 2):
+        p.error(f"--lm-size must be an odd int in 3..{LM_MAX_SIZE}, got {args.lm_size}")
+    return args
 
 
 def main(argv=None) -> int:
@@ -324,7 +334,10 @@ def main(argv=None) -> int:
         lm = leung_malik(args.lm_size)
     except ValueError as exc:
         raise SystemExit(f"fastconv filters: {exc}") from None
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"fastconv filters: cannot create --out {args.out}: {exc.strerror or exc}") from None
     source = args.image or f"bundled sample ({sample_image_path()})"
     print(f"image: {source}, {image.shape[1]}x{image.shape[0]} grayscale")
 

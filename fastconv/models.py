@@ -22,6 +22,9 @@ count, for quick tests: ``vgg16(width=1/16)``).
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
 from . import nn
@@ -30,8 +33,9 @@ __all__ = ["lenet5", "alexnet", "vgg16", "small_cnn", "digits_cnn"]
 
 
 def _scaled(n, width):
-    if not (isinstance(width, (int, float)) and not isinstance(width, bool) and width > 0):
-        raise ValueError(f"width must be a number > 0, got {width!r}")
+    if not (isinstance(width, numbers.Real) and not isinstance(width, bool)
+            and math.isfinite(width) and width > 0):
+        raise ValueError(f"width must be a finite number > 0, got {width!r}")
     return max(1, int(round(n * width)))
 
 

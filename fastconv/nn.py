@@ -67,9 +67,18 @@ _default_rng = np.random.default_rng()
 
 def manual_seed(seed) -> None:
     """Seed the generator that layers use when built without ``rng=``
-    (initial weights, dropout masks): ``nn.manual_seed(0)`` makes a model reproducible."""
+    (initial weights, dropout masks): ``nn.manual_seed(0)`` makes a model reproducible.
+    ``seed`` is an int >= 0, or None for a fresh unpredictable one."""
     global _default_rng
-    _default_rng = np.random.default_rng(seed)
+    _default_rng = np.random.default_rng(None if seed is None else _seed(seed, "seed"))
+
+
+def _seed(value, name):
+    if not shapes._is_int(value):
+        raise TypeError(f"{name} must be an int >= 0, got {value!r} of type {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return int(value)
 
 
 def _rng(rng):
@@ -78,7 +87,7 @@ def _rng(rng):
     if isinstance(rng, np.random.Generator):
         return rng
     if shapes._is_int(rng):
-        return np.random.default_rng(int(rng))
+        return np.random.default_rng(_seed(rng, "rng"))
     raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {rng!r}")
 
 
@@ -122,6 +131,40 @@ def _as_array(x, name="x"):
 
 def _device_of(arr) -> str:
     return "cpu" if isinstance(arr, np.ndarray) else "cuda"
+
+
+def _dtype_of(arr):
+    try:
+        return np.dtype(arr.dtype)
+    except TypeError:  # torch tensors: their dtype is not a numpy dtype
+        return np.dtype(arr.__cuda_array_interface__["typestr"])
+
+
+def _grad_spec(out):
+    """What `_check_grad_out` holds grad_out to: the forward output's shape, dtype, device."""
+    return tuple(out.shape), _dtype_of(out), _device_of(out)
+
+
+def _check_grad_out(grad_out, spec, layer):
+    """grad_out as an array matching the forward output, for layers whose backward does its
+    own arithmetic: the checks the API's backward functions make, so that a wrong gradient
+    is refused rather than broadcast or silently promoted to another dtype."""
+    if spec is None:
+        raise RuntimeError(f"{layer}.backward called before forward")
+    if grad_out is None:
+        raise TypeError("grad_out must be an array, got None")
+    grad_out = _as_array(grad_out, "grad_out")
+    shape, dtype, device = spec
+    if _device_of(grad_out) != device:
+        raise TypeError(f"grad_out is on the {_device_of(grad_out)}, but the forward output "
+                        f"was on the {device}; move it first")
+    if _dtype_of(grad_out) != dtype:
+        raise TypeError(f"grad_out has dtype {_dtype_of(grad_out)}, but the forward output "
+                        f"has dtype {dtype}; cast it with .astype(numpy.{dtype}) first")
+    if tuple(grad_out.shape) != shape:
+        raise ValueError(f"grad_out must have the forward output's shape {shape}, "
+                         f"got {tuple(grad_out.shape)}")
+    return grad_out
 
 
 def _to_device(arr, device):
@@ -214,13 +257,32 @@ class Parameter:
         return int(math.prod(self.data.shape))
 
     def accumulate(self, grad):
-        """grad += g (allocating on first use)."""
+        """grad += g (allocating on first use). g must have the parameter's shape, dtype
+        and device (`check_grad`)."""
+        self.check_grad(grad)
         if self.grad is None:
             if isinstance(grad, np.ndarray) or type(grad).__module__.split(".")[0] == "cupy":
-                grad = grad.astype(self.data.dtype, copy=True)
+                grad = grad.copy()  # the caller may hold on to it
             self.grad = grad  # other CUDA arrays: the API's result is a fresh array
         else:
             self.grad += grad
+
+    def check_grad(self, grad):
+        """Raise unless ``grad`` fits this parameter exactly: an array (TypeError), of its
+        dtype and device (TypeError) and shape (ValueError). Broadcasting or casting a
+        gradient would hide a bug in a backward pass or a hand-set ``p.grad``."""
+        what = f"the gradient of parameter {self.name!r}" if self.name else "the gradient"
+        if not hasattr(grad, "shape") or not hasattr(grad, "dtype"):
+            raise TypeError(f"{what} must be an array, got {type(grad).__name__}")
+        if _device_of(grad) != _device_of(self.data):
+            raise TypeError(f"{what} is on the {_device_of(grad)}, "
+                            f"the parameter on the {_device_of(self.data)}")
+        if _dtype_of(grad) != self.dtype:
+            raise TypeError(f"{what} must have the parameter's dtype {self.dtype}, "
+                            f"got {_dtype_of(grad)}")
+        if tuple(grad.shape) != self.shape:
+            raise ValueError(f"{what} must have the parameter's shape {self.shape}, "
+                             f"got {tuple(grad.shape)}")
 
     def zero_grad(self):
         if self.grad is not None:
@@ -317,15 +379,19 @@ def _fmt_pair(p):
 # --------------------------------------------------------------------------
 
 def _kaiming(rng, shape, fan_in, init, dtype):
-    if init == "zeros":
-        return np.zeros(shape, dtype=dtype)  # calloc: costs no memory until written
-    gain = math.sqrt(2.0)  # ReLU
-    if init == "kaiming_normal":
-        std = gain / math.sqrt(fan_in)
-        return (rng.standard_normal(shape, dtype=np.float32 if dtype == np.float32 else np.float64)
-                * dtype.type(std)).astype(dtype, copy=False)
-    bound = gain * math.sqrt(3.0 / fan_in)
-    return rng.uniform(-bound, bound, shape).astype(dtype)
+    try:
+        if init == "zeros":
+            return np.zeros(shape, dtype=dtype)  # calloc: costs no memory until written
+        gain = math.sqrt(2.0)  # ReLU
+        if init == "kaiming_normal":
+            std = gain / math.sqrt(fan_in)
+            return (rng.standard_normal(shape, dtype=np.float32 if dtype == np.float32 else np.float64)
+                    * dtype.type(std)).astype(dtype, copy=False)
+        bound = gain * math.sqrt(3.0 / fan_in)
+        return rng.uniform(-bound, bound, shape).astype(dtype)
+    except ValueError as exc:  # numpy's "array is too big" would not say which layer
+        raise ValueError(f"a weight of shape {shape} ({dtype}) is too large to allocate: "
+                         f"{exc}") from None
 
 
 def _check_init(init):
@@ -406,14 +472,18 @@ class Conv2d(Module):
             raise RuntimeError("Conv2d.backward called before forward")
         x = self._x
         g = self._geometry()
+        # The input gradient first: the API checks grad_out (type, dtype, shape, device)
+        # there, before any parameter gradient is touched, even with a frozen weight.
+        grad_x = F.conv2d_grad_input(grad_out, self.weight.data, tuple(x.shape),
+                                     algorithm=self.algorithm, **g)
+        grad_out = _as_array(grad_out, "grad_out")
         if self.weight.requires_grad:
             self.weight.accumulate(F.conv2d_grad_weight(
                 grad_out, x, self.weight.shape, algorithm=self.algorithm, **g))
         if self.bias is not None and self.bias.requires_grad:
             go = grad_out if grad_out.ndim == 4 else grad_out.reshape((1,) + tuple(grad_out.shape))
             self.bias.accumulate(F.conv2d_grad_bias(go))
-        return F.conv2d_grad_input(grad_out, self.weight.data, tuple(x.shape),
-                                   algorithm=self.algorithm, **g)
+        return grad_x
 
     def output_shape(self, input_shape):
         n, c, h, w = _image_shape(input_shape, "Conv2d")
@@ -512,6 +582,7 @@ class AvgPool2d(Module):
             divisor_override = _positive_int(divisor_override, "divisor_override")
         self.divisor_override = divisor_override
         self._input_shape = None
+        self._spec = None
 
     def _args(self):
         return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
@@ -521,11 +592,14 @@ class AvgPool2d(Module):
     def forward(self, x):
         x = _as_array(x)
         self._input_shape = tuple(x.shape)
-        return F.avg_pool2d(x, **self._args())
+        out = F.avg_pool2d(x, **self._args())
+        self._spec = _grad_spec(out)
+        return out
 
     def backward(self, grad_out):
-        if self._input_shape is None:
-            raise RuntimeError("AvgPool2d.backward called before forward")
+        # avg_pool2d_backward sees no input array, so it cannot refuse a grad_out of
+        # another dtype: that check is here.
+        grad_out = _check_grad_out(grad_out, self._spec, "AvgPool2d")
         return F.avg_pool2d_backward(grad_out, self._input_shape, **self._args())
 
     def output_shape(self, input_shape):
@@ -562,7 +636,7 @@ class AdaptiveAvgPool2d(Module):
     def __init__(self, output_size):
         self.output_size = shapes.pair(output_size, "output_size")
         self._pool = None
-        self._identity = False
+        self._spec = None  # set by an identity forward
 
     def _plan(self, hw):
         (h, w), (oh, ow) = hw, self.output_size
@@ -576,11 +650,22 @@ class AdaptiveAvgPool2d(Module):
 
     def forward(self, x):
         x = _as_array(x)
+        self._pool, self._spec = None, None
+        if len(x.shape) not in (3, 4):
+            raise ValueError(
+                f"x must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape {tuple(x.shape)}")
         self._pool = self._plan(tuple(x.shape[-2:]))
-        return x if self._pool is None else self._pool.forward(x)
+        if self._pool is not None:
+            return self._pool.forward(x)
+        # as the identity, take (and check) what the pooling would
+        _check_dtype(_dtype_of(x), "x")
+        self._spec = _grad_spec(x)
+        return x
 
     def backward(self, grad_out):
-        return grad_out if self._pool is None else self._pool.backward(grad_out)
+        if self._pool is not None:
+            return self._pool.backward(grad_out)
+        return _check_grad_out(grad_out, self._spec, "AdaptiveAvgPool2d")
 
     def output_shape(self, input_shape):
         n, c, h, w = _image_shape(input_shape, "AdaptiveAvgPool2d")
@@ -634,6 +719,7 @@ class Flatten(Module):
             raise ValueError(f"start_dim must be an int >= 0, got {start_dim!r}")
         self.start_dim = int(start_dim)
         self._shape = None
+        self._spec = None
 
     def forward(self, x):
         x = _as_array(x)
@@ -642,11 +728,12 @@ class Flatten(Module):
                 f"Flatten(start_dim={self.start_dim}) needs at least {self.start_dim + 1} "
                 f"dimensions, got shape {tuple(x.shape)}")
         self._shape = tuple(x.shape)
-        return x.reshape(self._shape[:self.start_dim] + (-1,))
+        out = x.reshape(self._shape[:self.start_dim] + (-1,))
+        self._spec = _grad_spec(out)
+        return out
 
     def backward(self, grad_out):
-        if self._shape is None:
-            raise RuntimeError("Flatten.backward called before forward")
+        grad_out = _check_grad_out(grad_out, self._spec, "Flatten")
         return grad_out.reshape(self._shape)
 
     def output_shape(self, input_shape):
@@ -682,6 +769,7 @@ class Linear(Module):
                                 "weight")
         self.bias = Parameter(np.zeros(self.out_features, self.dtype), "bias") if bias else None
         self._x = None
+        self._spec = None
 
     def forward(self, x):
         x = _as_array(x)
@@ -696,11 +784,11 @@ class Linear(Module):
         y = x @ self.weight.data.T
         if self.bias is not None:
             y += self.bias.data
+        self._spec = _grad_spec(y)
         return y
 
     def backward(self, grad_out):
-        if self._x is None:
-            raise RuntimeError("Linear.backward called before forward")
+        grad_out = _check_grad_out(grad_out, self._spec, "Linear")
         if self.weight.requires_grad:
             self.weight.accumulate(grad_out.T @ self._x)
         if self.bias is not None and self.bias.requires_grad:
@@ -727,23 +815,28 @@ class Dropout(Module):
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
             raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)
-        self._gen = rng
+        # a seed becomes one Generator here: made afresh in each forward, it would drop
+        # the same elements every step. None stays None, to follow manual_seed.
+        self._gen = None if rng is None else _rng(rng)
         self._mask = None
+        self._spec = None
 
     def forward(self, x):
         x = _as_array(x)
         if not self.training or self.p == 0:
             self._mask = None
-            return x
-        xp = _array_module(x)
-        if self.p == 1:
-            self._mask = xp.zeros(x.shape, dtype=x.dtype)
         else:
-            keep = _rng(self._gen).random(x.shape) >= self.p
-            self._mask = xp.asarray((keep / (1.0 - self.p)).astype(x.dtype))
-        return x * self._mask
+            xp = _array_module(x)
+            if self.p == 1:
+                self._mask = xp.zeros(x.shape, dtype=x.dtype)
+            else:
+                keep = _rng(self._gen).random(x.shape) >= self.p
+                self._mask = xp.asarray((keep / (1.0 - self.p)).astype(x.dtype))
+        self._spec = _grad_spec(x)  # the output has x's shape, dtype and device
+        return x if self._mask is None else x * self._mask
 
     def backward(self, grad_out):
+        grad_out = _check_grad_out(grad_out, self._spec, "Dropout")
         return grad_out if self._mask is None else grad_out * self._mask
 
     def extra_repr(self):
@@ -900,9 +993,13 @@ class Sequential(Module):
         path = os.fspath(path)
         params = dict(self.named_parameters())
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                if not isinstance(npz, np.lib.npyio.NpzFile):
-                    raise _StateMismatch(f"{path} holds a single array, not a saved state (.npz)")
+            npz = np.load(path, allow_pickle=False)
+            # an .npy file loads as a bare array, which is no context manager
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise _StateMismatch(
+                    f"path {path!r} is an .npy file holding a single array, not an .npz "
+                    "state file saved by save_state")
+            with npz:
                 names = list(npz.files)
                 missing = [n for n in params if n not in names]
                 unexpected = [n for n in names if n not in params]
@@ -1029,12 +1126,25 @@ class SGD:
         buf = momentum * buf + g        (buf = g on the first step)
         p -= lr * buf
 
-    ``step()`` applies it to every parameter that has a gradient and ``requires_grad``;
+    ``params`` is an iterable of `Parameter`: ``model.parameters()``, or a selection of
+    them. As in PyTorch, a Module itself is refused (TypeError saying what to pass).
+    ``step()`` applies it to every parameter that has a gradient and ``requires_grad``,
+    after checking every such gradient against its parameter (`Parameter.check_grad`:
+    same shape, dtype and device), so a bad one leaves all parameters untouched;
     ``zero_grad()`` clears the gradients (call it before each backward).
     """
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
-        self.params = list(params)
+        if isinstance(params, (Module, Parameter)):
+            raise TypeError(
+                f"params must be an iterable of fastconv.nn.Parameter such as "
+                f"model.parameters(), got a {type(params).__name__}")
+        try:
+            self.params = list(params)
+        except TypeError:
+            raise TypeError(
+                f"params must be an iterable of fastconv.nn.Parameter such as "
+                f"model.parameters(), got {params!r}") from None
         for i, p in enumerate(self.params):
             if not isinstance(p, Parameter):
                 raise TypeError(f"params[{i}] must be a fastconv.nn.Parameter, got {type(p).__name__}")
@@ -1053,9 +1163,10 @@ class SGD:
             p.grad = None
 
     def step(self):
-        for p in self.params:
-            if p.grad is None or not p.requires_grad:
-                continue
+        active = [p for p in self.params if p.grad is not None and p.requires_grad]
+        for p in active:
+            p.check_grad(p.grad)
+        for p in active:
             g = p.grad
             if self.weight_decay:
                 g = g + self.weight_decay * p.data

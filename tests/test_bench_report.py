@@ -1,6 +1,8 @@
 """fastconv.bench: the report from a pytest-benchmark JSON (no benchmark is run here)."""
 import json
 
+import pytest
+
 from fastconv import bench
 
 
@@ -25,3 +27,51 @@ def test_report_has_ratios_to_torch_and_a_chart(tmp_path):
     assert "(0.50x)" in text and "(1.50x)" in text and "[120]" in text
     assert bench.cpu_model() in text and "threads" in text
     assert png.stat().st_size > 1000
+
+
+def test_an_entry_without_param_is_named_by_its_name(tmp_path):
+    entry = {"group": "conv a", "name": "test_torch", "stats": {"min": 0.002}}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps({"benchmarks": [_entry("conv a", None, 0.001), entry]}))
+    out = tmp_path / "r.md"
+    assert bench.main(["--json", str(path), "--out", str(out), "--png", ""]) == 0
+    assert "test_torch" in out.read_text()
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "cannot read --json"),
+    ("not json {", "is not JSON"),
+    (b"\xff\xfe\x00garbage", "is not JSON"),
+    ('{"benchmarks": []}', "holds no benchmarks"),
+    ("[1, 2]", "holds no benchmarks"),
+    ('{"benchmarks": [{"group": "g"}]}', r"benchmarks\[0\]"),
+    ('{"benchmarks": [{"name": "t", "stats": {"min": 0}}]}', r"benchmarks\[0\]"),
+])
+def test_bad_json_is_a_one_line_error(tmp_path, content, match):
+    path = tmp_path / "b.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit, match=match) as exc:
+        bench.main(["--json", str(path), "--out", str(tmp_path / "r.md"), "--png", ""])
+    assert str(path) in str(exc.value.code) and "\n" not in str(exc.value.code)
+    assert not (tmp_path / "r.md").exists()
+
+
+def _good_json(tmp_path):
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps({"benchmarks": [_entry("conv a", "torch", 0.002)]}))
+    return str(path)
+
+
+def test_out_in_a_missing_folder_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--json", _good_json(tmp_path), "--out", str(tmp_path / "no" / "x.md")])
+    assert exc.value.code == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_out_that_cannot_be_written_is_an_error(tmp_path):
+    with pytest.raises(SystemExit, match="cannot write"):  # a folder, not a file
+        bench.main(["--json", _good_json(tmp_path), "--out", str(tmp_path), "--png", ""])

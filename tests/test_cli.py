@@ -47,3 +47,15 @@ def test_unknown_or_missing_command_is_refused(args):
     result = run(*args)
     assert result.returncode == 2
     assert "usage" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["info", "--bogus"], ["info", "extra", "args"],
+                                  ["check", "--bogus"]])
+def test_info_and_check_refuse_arguments(args, capsys):
+    from fastconv.__main__ import main
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"python -m fastconv {args[0]}" in err and "unrecognized arguments" in err
+    assert args[1] in err

@@ -1,6 +1,8 @@
 """`python -m fastconv demo --quick` end to end."""
 import json
 
+import pytest
+
 from fastconv import demo
 
 
@@ -20,9 +22,33 @@ def test_demo_quick(tmp_path, capsys):
 
 
 def test_demo_arguments(tmp_path):
-    import pytest
     with pytest.raises(SystemExit):
         demo.main(["--epochs", "0"])
     args = demo.parse_args(["--quick"])
     assert args.epochs == 3 and args.out == "fastconv-demo"
     assert demo.pick_device("cpu") == ("cpu", "--device cpu")
+
+
+@pytest.mark.parametrize("args, name", [
+    (["--lr", "inf"], "--lr"), (["--lr", "nan"], "--lr"), (["--lr", "-1"], "--lr"),
+    (["--seed", "-1"], "--seed"), (["--seed", "99999999999999999999"], "--seed"),
+    (["--seed", str(2**32)], "--seed"),
+])
+def test_demo_refuses_bad_arguments_before_training(args, name, capsys, monkeypatch):
+    monkeypatch.setattr(demo, "run", _no_training)
+    with pytest.raises(SystemExit) as exc:
+        demo.main(args)
+    assert exc.value.code == 2
+    assert name in capsys.readouterr().err
+
+
+def test_demo_refuses_an_unusable_out_folder_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "run", _no_training)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit, match=r"--out .*a_file.x"):
+        demo.main(["--quick", "--out", str(blocker / "x")])
+
+
+def _no_training(**kwargs):
+    pytest.fail("training started although the arguments are bad")

@@ -91,3 +91,18 @@ def test_cli_on_given_image(tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(SystemExit, match="cannot read"):
         filters.main([str(bad), "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("size", ["100001", "103", "10", "1"])
+def test_cli_lm_size_bound(size, capsys):
+    with pytest.raises(SystemExit) as exc:
+        filters.main(["--lm-size", size])
+    assert exc.value.code == 2
+    assert f"--lm-size must be an odd int in 3..{filters.LM_MAX_SIZE}" in capsys.readouterr().err
+
+
+def test_cli_unusable_out_folder(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit, match="cannot create --out"):
+        filters.main(["--out", str(blocker / "x"), "--lm-size", "11"])

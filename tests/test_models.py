@@ -81,5 +81,12 @@ def test_builder_arguments():
         models.lenet5(num_classes=0)
     with pytest.raises(ValueError, match="width"):
         models.vgg16(width=0)
+
+
+@pytest.mark.parametrize("width", [float("inf"), float("nan"), -1.0, "1", True])
+@pytest.mark.parametrize("builder", [models.alexnet, models.vgg16])
+def test_width_must_be_a_finite_positive_number(builder, width):
+    with pytest.raises(ValueError, match="width"):
+        builder(width=width, init="zeros")
     with pytest.raises(ValueError, match="multiples"):
         models.vgg16(init="zeros").output_shape((1, 3, 256, 256))

@@ -104,6 +104,21 @@ def test_adaptive_avg_pool():
         nn.AdaptiveAvgPool2d(3).output_shape((1, 2, 4, 4))
 
 
+def test_adaptive_avg_pool_checks_like_the_other_layers():
+    with pytest.raises(ValueError, match=r"x must be 4-D.*\(8,\)"):
+        nn.AdaptiveAvgPool2d(2)(np.ones(8))
+    identity = nn.AdaptiveAvgPool2d(2)
+    with pytest.raises(RuntimeError, match="before forward"):
+        identity.backward(np.ones((1, 1, 2, 2), np.float32))
+    identity(np.ones((1, 1, 2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"grad_out.*\(1, 1, 2, 2\)"):
+        identity.backward(np.ones((1, 1, 3, 2), np.float32))
+    with pytest.raises(TypeError, match="grad_out"):
+        identity.backward(np.ones((1, 1, 2, 2)))
+    with pytest.raises(TypeError, match="x must be float32 or float64"):
+        nn.AdaptiveAvgPool2d(2)(np.ones((1, 1, 2, 2), np.int64))
+
+
 def test_dropout():
     d = nn.Dropout(0.5, rng=0)
     x = np.ones((100, 50))
@@ -116,6 +131,58 @@ def test_dropout():
     assert d.backward(x) is x
     with pytest.raises(ValueError, match="p must"):
         nn.Dropout(1.5)
+
+
+def test_dropout_seed_gives_a_new_mask_each_step():
+    d = nn.Dropout(0.5, rng=0)
+    x = np.ones((20, 20))
+    assert not np.array_equal(d(x), d(x))
+    np.testing.assert_array_equal(nn.Dropout(0.5, rng=0)(x), nn.Dropout(0.5, rng=0)(x))
+
+
+def _forwarded(layer, x):
+    layer(x)
+    return layer
+
+
+@pytest.mark.parametrize("make, x, out_shape", [
+    (lambda: nn.Linear(3, 2), np.ones((4, 3), np.float32), (4, 2)),
+    (lambda: nn.Dropout(0.5, rng=0), np.ones((4, 3), np.float32), (4, 3)),
+    (lambda: nn.Dropout(0.5).eval(), np.ones((4, 3), np.float32), (4, 3)),
+    (lambda: nn.Flatten(), np.ones((2, 3, 2, 2), np.float32), (2, 12)),
+    (lambda: nn.AvgPool2d(2), np.ones((1, 2, 4, 4), np.float32), (1, 2, 2, 2)),
+    (lambda: nn.MaxPool2d(2), np.ones((1, 2, 4, 4), np.float32), (1, 2, 2, 2)),
+    (lambda: nn.ReLU(), np.ones((2, 3), np.float32), (2, 3)),
+    (lambda: nn.Conv2d(2, 3, 3), np.ones((1, 2, 4, 4), np.float32), (1, 3, 2, 2)),
+])
+def test_backward_checks_grad_out(make, x, out_shape):
+    """Every layer's backward refuses what the API's backward functions refuse,
+    instead of broadcasting it or returning another dtype."""
+    with pytest.raises(RuntimeError, match="before forward"):
+        make().backward(np.ones(out_shape, np.float32))
+    layer = _forwarded(make(), x)
+    for bad in (None, np.ones(out_shape, np.float64), np.ones(out_shape, np.int64)):
+        with pytest.raises(TypeError, match="grad_out"):
+            layer.backward(bad)
+    wrong = out_shape[:-1] + (out_shape[-1] + 1,)
+    with pytest.raises(ValueError, match=r"grad_out.*shape"):
+        layer.backward(np.ones(wrong, np.float32))
+    for p in layer.parameters():
+        assert p.grad is None, p.name  # nothing accumulated by a refused gradient
+    grad_x = layer.backward(np.ones(out_shape, np.float32))
+    assert grad_x.shape == x.shape and grad_x.dtype == np.float32
+
+
+def test_conv2d_backward_with_a_frozen_weight_checks_grad_out():
+    conv = _forwarded(nn.Conv2d(2, 3, 3), np.ones((1, 2, 4, 4), np.float32))
+    conv.weight.requires_grad = False
+    with pytest.raises(TypeError, match="grad_out"):
+        conv.backward(None)
+    with pytest.raises(TypeError, match="grad_out"):
+        conv.backward(np.ones((1, 3, 2, 2)).tolist())  # float64: the layer is float32
+    assert conv.bias.grad is None
+    assert conv.backward(np.ones((1, 3, 2, 2), np.float32)).shape == (1, 2, 4, 4)
+    assert conv.bias.grad.shape == (3,)
 
 
 def _small_net(rng, dtype=np.float64):
@@ -185,6 +252,32 @@ def test_sgd_momentum_weight_decay():
         nn.SGD([p], lr=0.1, momentum=-1)
 
 
+def test_sgd_and_accumulate_refuse_a_mismatched_gradient():
+    w = nn.Parameter(np.ones((4, 3, 3, 3), np.float32), "0.weight")
+    b = nn.Parameter(np.ones(4, np.float32), "0.bias")
+    opt = nn.SGD([b, w], lr=0.1)
+    b.grad = np.ones(4, np.float32)
+    for grad, exc in ((np.ones(3, np.float32), ValueError), (np.ones(1, np.float32), ValueError),
+                      (np.ones((4, 3, 3, 3)), TypeError), ([1.0], TypeError)):
+        w.grad = grad
+        with pytest.raises(exc, match=r"'0\.weight'"):
+            opt.step()
+        assert (w.data == 1).all() and (b.data == 1).all()  # no parameter was updated
+    w.grad = None
+    with pytest.raises(ValueError, match=r"'0\.weight'.*\(4, 3, 3, 3\).*\(3,\)"):
+        w.accumulate(np.ones(3, np.float32))
+    with pytest.raises(TypeError, match=r"'0\.weight'.*float32.*float64"):
+        w.accumulate(np.ones((4, 3, 3, 3)))
+    assert w.grad is None
+
+
+@pytest.mark.parametrize("params", [None, 3, nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2)),
+                                    nn.Parameter(np.ones(2), "w")])
+def test_sgd_params_must_be_parameters(params):
+    with pytest.raises(TypeError, match=r"params.*parameters\(\)"):
+        nn.SGD(params, lr=0.1)
+
+
 def test_training_reduces_loss():
     """A few SGD steps on fixed data (64 digits) clearly lower the loss."""
     from sklearn.datasets import load_digits
@@ -230,6 +323,10 @@ def test_conv2d_parameters_and_repr():
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(in_channels=3, out_channels=4, kernel_size=3, rng=-1), ValueError, "rng"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, rng="a"), TypeError, "rng"),
+    (dict(in_channels=2**30, out_channels=2**30, kernel_size=3, init="zeros"), ValueError,
+     r"weight of shape \(1073741824, 1073741824, 3, 3\)"),
     (dict(in_channels=0, out_channels=4, kernel_size=3), ValueError, "in_channels"),
     (dict(in_channels=2.0, out_channels=4, kernel_size=3), TypeError, "in_channels"),
     (dict(in_channels=3, out_channels=-1, kernel_size=3), ValueError, "out_channels"),
@@ -250,6 +347,15 @@ def test_conv2d_parameters_and_repr():
 def test_conv2d_argument_errors(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         nn.Conv2d(**kwargs)
+
+
+@pytest.mark.parametrize("seed, exc", [(-1, ValueError), ("a", TypeError), (1.5, TypeError),
+                                        (True, TypeError)])
+def test_manual_seed_errors(seed, exc):
+    with pytest.raises(exc, match="seed"):
+        nn.manual_seed(seed)
+    with pytest.raises(exc, match="rng"):
+        nn.Dropout(0.5, rng=seed)
 
 
 def test_layer_argument_errors():
@@ -378,6 +484,34 @@ def test_load_state_corrupt(tmp_path):
         model.load_state(bad)
     with pytest.raises(FileNotFoundError):
         model.load_state(tmp_path / "missing.npz")
+
+
+def test_load_state_of_an_npy_file(tmp_path):
+    model = _small_net(np.random.default_rng(1), dtype=np.float32)
+    path = tmp_path / "weights.npy"
+    np.save(path, model[0].weight.data)
+    with pytest.raises(ValueError, match=r"weights\.npy.*not an \.npz state file"):
+        model.load_state(path)
+
+
+# --------------------------------------------------------------------------
+# Settings (fastconv.config)
+# --------------------------------------------------------------------------
+
+def test_config_takes_numpy_integers():
+    from fastconv import config
+    before = config.workspace_bytes, config.num_threads
+    try:
+        config.workspace_bytes = np.int64(2**20)
+        config.num_threads = np.int64(1)
+        assert config.workspace_bytes == 2**20 and type(config.workspace_bytes) is int
+        assert config.num_threads == 1 and type(config.num_threads) is int
+        with pytest.raises(TypeError, match="num_threads"):
+            config.num_threads = True
+        with pytest.raises(TypeError, match="workspace_bytes"):
+            config.workspace_bytes = 2.0**20
+    finally:
+        config.workspace_bytes, config.num_threads = before
 
 
 def test_to_cuda_needs_cupy():
