@@ -44,69 +44,64 @@ def _add(dst, src):
         dst[m] += src[m]
 
 
-@numba.njit(**HELPER)
-def _pack_row_buffered(plane, cols, c, b, p, th, tw, kh, kw, sw, dh, dw, row0, col0,
-                       span_w, sh):
-    """`_pack`'s work item through a zero-padded window (allocated here: numba hoists
-    an allocation in a parallel loop's body out of the loop, branch or not)."""
-    height, width = plane.shape
-    s0, s1 = max(0, -col0), min(span_w, width - col0)  # window columns inside the input
-    window = np.zeros((th, span_w), dtype=cols.dtype)
-    for ii in range(th):
-        r = row0 + ii * sh + p * dh
-        if 0 <= r < height and s1 > s0:
-            copy(window[ii, s0:s1], plane[r, col0 + s0:col0 + s1])
-    for q in range(kw):
-        dst = cols[(c * kh + p) * kw + q, b]
-        for ii in range(th):
-            if sw == 1:
-                copy(dst[ii * tw:(ii + 1) * tw], window[ii, q * dw:])
-            else:
-                copy(dst[ii * tw:(ii + 1) * tw], window[ii, q * dw::sw])
-
-
-@numba.njit(**HELPER)
-def _pack_row_unbuffered(plane, cols, c, b, p, th, tw, kh, kw, sw, dh, dw, row0, col0, sh):
-    """`_pack`'s work item copied straight from the input, the padding zeroed."""
-    height, width = plane.shape
-    for q in range(kw):
-        dst = cols[(c * kh + p) * kw + q, b]
-        off = col0 + q * dw
-        jj0, jj1 = valid_range(off, sw, width, tw)        # columns inside the input
-        for ii in range(th):
-            row = dst[ii * tw:(ii + 1) * tw]
-            row[:] = 0
-            r = row0 + ii * sh + p * dh
-            if 0 <= r < height:
-                src = plane[r]
-                for jj in range(jj0, jj1):
-                    row[jj] = src[off + jj * sw]
-
-
 @numba.njit(**KERNEL)
-def _pack(x, cols, n0, i0, j0, th, tw, kh, kw, sh, sw, pt, pl, dh, dw, buffered):
+def _pack(x, cols, n0, i0, j0, th, tw, kh, kw, sh, sw, pt, pl, dh, dw):
     """cols[(c, p, q), b, ii*tw + jj] = xpad[n0+b, c, (i0+ii)*sh + p*dh, (j0+jj)*sw + q*dw].
 
     One work item: kernel row p of one (image, channel) plane. The th input rows it
-    reads are first copied into a zero-padded window (th x span_w), so that each of
-    its kw * th rows of cols is then a plain copy (no bounds logic, no zeroing:
-    1.5-2x faster than copying from the input with the padding handled per row).
-    Unless `buffered` is False (see `_window_fits`): then each row of cols is
-    copied from the input, with the padding zeroed around it."""
-    c_in = x.shape[1]
+    reads are first copied into a zero-padded window (th x span_w: numba allocates
+    it once per thread), so that each of its kw * th rows of cols is then a plain
+    copy (no bounds logic, no zeroing: 1.5-2x faster than copying from the input
+    with the padding handled per row, `_pack_unbuffered`)."""
+    c_in, height, width = x.shape[1], x.shape[2], x.shape[3]
     nb = cols.shape[1]
     span_w = (tw - 1) * sw + (kw - 1) * dw + 1
     row0, col0 = i0 * sh - pt, j0 * sw - pl           # input row/column of window (0, 0)
+    s0, s1 = max(0, -col0), min(span_w, width - col0)  # window columns inside the input
     for t in prange(c_in * nb * kh):
         p = t % kh
         b = (t // kh) % nb
         c = t // (kh * nb)
-        if buffered:
-            _pack_row_buffered(x[n0 + b, c], cols, c, b, p, th, tw, kh, kw, sw, dh, dw,
-                               row0, col0, span_w, sh)
-        else:
-            _pack_row_unbuffered(x[n0 + b, c], cols, c, b, p, th, tw, kh, kw, sw, dh, dw,
-                                 row0, col0, sh)
+        plane = x[n0 + b, c]
+        window = np.zeros((th, span_w), dtype=cols.dtype)
+        for ii in range(th):
+            r = row0 + ii * sh + p * dh
+            if 0 <= r < height and s1 > s0:
+                copy(window[ii, s0:s1], plane[r, col0 + s0:col0 + s1])
+        for q in range(kw):
+            dst = cols[(c * kh + p) * kw + q, b]
+            for ii in range(th):
+                if sw == 1:
+                    copy(dst[ii * tw:(ii + 1) * tw], window[ii, q * dw:])
+                else:
+                    copy(dst[ii * tw:(ii + 1) * tw], window[ii, q * dw::sw])
+
+
+@numba.njit(**KERNEL)
+def _pack_unbuffered(x, cols, n0, i0, j0, th, tw, kh, kw, sh, sw, pt, pl, dh, dw):
+    """`_pack` without the window, for geometries whose window would not fit the
+    workspace bound (`_window_fits`): each row of cols is copied from the input,
+    the padding zeroed around it."""
+    c_in, height, width = x.shape[1], x.shape[2], x.shape[3]
+    nb = cols.shape[1]
+    row0, col0 = i0 * sh - pt, j0 * sw - pl
+    for t in prange(c_in * nb * kh):
+        p = t % kh
+        b = (t // kh) % nb
+        c = t // (kh * nb)
+        plane = x[n0 + b, c]
+        for q in range(kw):
+            dst = cols[(c * kh + p) * kw + q, b]
+            off = col0 + q * dw
+            jj0, jj1 = valid_range(off, sw, width, tw)        # columns inside the input
+            for ii in range(th):
+                row = dst[ii * tw:(ii + 1) * tw]
+                row[:] = 0
+                r = row0 + ii * sh + p * dh
+                if 0 <= r < height:
+                    src = plane[r]
+                    for jj in range(jj0, jj1):
+                        row[jj] = src[off + jj * sw]
 
 
 @numba.njit(**KERNEL)
@@ -296,6 +291,14 @@ def _window_fits(th, tw, kw, stride, dilation, itemsize):
     return th * span_w * itemsize * numba.get_num_threads() <= config.workspace_bytes
 
 
+def _packer(tile, kw, stride, dilation, itemsize):
+    """The pack kernel for this tile size: `_pack`, or `_pack_unbuffered` where the
+    window would not fit (a kernel of its own: a flag would have `_pack` allocate its
+    window per work item, not once per thread, 3-13% slower)."""
+    fits = _window_fits(tile[1], tile[2], kw, stride, dilation, itemsize)
+    return _pack if fits else _pack_unbuffered
+
+
 # --------------------------------------------------------------------------
 # backend functions
 # --------------------------------------------------------------------------
@@ -322,13 +325,13 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
         return direct.conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw)
     geometry = _geometry(stride, padding, dilation)
     xr = readonly(x)
+    pack = _packer(tile, kw, stride, dilation, x.dtype.itemsize)
     space, rows, _ = _workspace(x.shape, weight.shape, out_hw, x.dtype, tile)
     rg = cg * kh * kw
     out3 = out.reshape(n, k_out, -1)
     for n0, nb, i0, th, j0, tw in _tiles(n, out_hw, tile):
         cols, buf = _views(space, rows, k_out, nb, tile[1], tile[2], th * tw)
-        _pack(xr, cols, n0, i0, j0, th, tw, kh, kw, *geometry,
-              _window_fits(th, tw, kw, stride, dilation, x.dtype.itemsize))
+        pack(xr, cols, n0, i0, j0, th, tw, kh, kw, *geometry)
         if nb > 1 and _batched_gemm_wins(rg, th * tw):
             # one GEMM per image, written straight into the output (no unpacking)
             per_image = cols.transpose(1, 0, 2)
@@ -412,12 +415,12 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
                                          dilation, groups)
     geometry = _geometry(stride, padding, dilation)
     xr, gor = readonly(x), readonly(grad_out)
+    pack = _packer(tile, kw, stride, dilation, x.dtype.itemsize)
     space, rows, _ = _workspace(x.shape, weight_shape, out_hw, dtype, tile)
     go3 = grad_out.reshape(n, k_out, -1)
     for n0, nb, i0, th, j0, tw in _tiles(n, out_hw, tile):
         cols, buf = _views(space, rows, k_out, nb, tile[1], tile[2], th * tw)
-        _pack(xr, cols, n0, i0, j0, th, tw, kh, kw, *geometry,
-              _window_fits(th, tw, kw, stride, dilation, x.dtype.itemsize))
+        pack(xr, cols, n0, i0, j0, th, tw, kh, kw, *geometry)
         buf2 = _grad_out_operand(go3, gor, buf, n0, i0, j0, th, tw)
         cols2 = cols.reshape(rows, nb * th * tw)
         for g in range(groups):
