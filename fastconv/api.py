@@ -399,7 +399,8 @@ def conv2d_grad_bias(grad_out):
     if arrays.device == "cuda":
         from .cuda import elementwise
         return arrays.give_back(elementwise.channel_sum(go, stream=arrays.stream()))
-    return go.sum(axis=(0, 2, 3), dtype=np.float64).astype(arrays.dtype)
+    with np.errstate(invalid="ignore", over="ignore"):     # Inf - Inf is NaN, silently
+        return go.sum(axis=(0, 2, 3), dtype=np.float64).astype(arrays.dtype)
 
 
 # --------------------------------------------------------------------------

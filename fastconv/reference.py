@@ -174,8 +174,9 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride, padding=(0, 0, 0, 0),
     n, c, h, w = x.shape
     _, indices = max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
     grad_x = np.zeros((n, c, h * w))
-    go = np.asarray(grad_out, dtype=np.float64).reshape(n, c, -1)
-    flat = indices.reshape(n, c, -1)
+    planes = indices.shape[:2] + (indices.shape[2] * indices.shape[3],)  # no -1: N may be 0
+    go = np.asarray(grad_out, dtype=np.float64).reshape(planes)
+    flat = indices.reshape(planes)
     for a in range(n):
         for b in range(c):
             won = flat[a, b] >= 0  # a window wholly in the padding has no winner (-1)

@@ -165,6 +165,41 @@ def taps_in_padding(size, out_size, kernel, pad_before, stride, dilation):
     return (position < 0) | (position >= size)
 
 
+# Index arithmetic the kernels share, in plain Python: each backend compiles these
+# (numba.njit in cpu/_common.py, cuda.jit(device=True) in cuda/_kernels.py).
+
+def valid_range(offset, stride, size, count):
+    """[j0, j1): the j in [0, count) with 0 <= j*stride + offset < size (the outputs
+    whose tap at `offset` reads the input; or the taps of a window inside it).
+
+    >>> valid_range(-1, 1, 5, 5)        # a tap one column left: outputs 1..4 read inside
+    (1, 5)
+    """
+    j0 = -(offset // stride)            # ceil(-offset / stride)
+    if j0 < 0:
+        j0 = 0
+    j1 = (size - 1 - offset) // stride + 1
+    if j1 > count:
+        j1 = count
+    if j1 < j0:
+        j1 = j0
+    return j0, j1
+
+
+def output_of_tap(i, tap, pad, dil, stride, out_size):
+    """Along one axis: the output whose window's tap `tap` reads input `i`, or -1
+    (gather-style backward kernels invert i = o*stride - pad + tap*dil with it).
+
+    >>> output_of_tap(3, 0, 1, 1, 2, 4), output_of_tap(2, 0, 1, 1, 2, 4)
+    (2, -1)
+    """
+    t = i + pad - tap * dil
+    if t < 0 or t % stride != 0:
+        return -1
+    o = t // stride
+    return o if o < out_size else -1
+
+
 def check_element_count(shape, name: str):
     """Refuse shapes whose element count would overflow int64 indexing."""
     count = 1

@@ -368,3 +368,12 @@ def test_values_without_indices_keep_nan_and_infinity(dtype):
                                                              padding=1, stride=1)):
         values, _ = fc.max_pool2d(x, return_indices=True, **kw)
         np.testing.assert_array_equal(fc.max_pool2d(x, **kw), values)
+
+
+def test_reference_backward_of_an_empty_batch():
+    """The reference reshaped with -1 over zero elements, which NumPy refuses."""
+    out = reference.max_pool2d_backward(np.zeros((0, 1, 1, 1)), np.zeros((0, 1, 2, 2)),
+                                        (2, 2), (2, 2))
+    assert out.shape == (0, 1, 2, 2)
+    np.testing.assert_array_equal(fc.max_pool2d_backward(np.zeros((0, 1, 1, 1)),
+                                                         np.zeros((0, 1, 2, 2)), 2), out)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .. import shapes
+
 # Every CPU kernel uses these options: parallel, cached, IEEE-exact (no fastmath,
 # so NaN/Inf follow the references and results are reproducible), no GIL.
 KERNEL = dict(parallel=True, cache=True, fastmath=False, nogil=True, error_model="numpy")
@@ -41,29 +43,8 @@ def copy(dst, src):
         dst[m] = src[m]
 
 
-@numba.njit(**HELPER)
-def valid_range(offset, stride, size, out_size):
-    """[j0, j1): the outputs j in [0, out_size) with 0 <= j*stride + offset < size."""
-    j0 = -((offset) // stride)          # ceil(-offset / stride)
-    if j0 < 0:
-        j0 = 0
-    j1 = (size - 1 - offset) // stride + 1
-    if j1 > out_size:
-        j1 = out_size
-    if j1 < j0:
-        j1 = j0
-    return j0, j1
-
-
-@numba.njit(**HELPER)
-def output_of_tap(i, tap, pad, dil, stride, out_size):
-    """Along one axis: the output whose window's tap `tap` reads input `i`, or -1
-    (gather-style backward kernels invert i = o*stride - pad + tap*dil with it)."""
-    t = i + pad - tap * dil
-    if t < 0 or t % stride != 0:
-        return -1
-    o = t // stride
-    return o if o < out_size else -1
+valid_range = numba.njit(**HELPER)(shapes.valid_range)
+output_of_tap = numba.njit(**HELPER)(shapes.output_of_tap)
 
 
 def grad_input_as_forward(grad_out, weight, padding, dilation, groups):

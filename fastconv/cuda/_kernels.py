@@ -37,6 +37,7 @@ import functools
 import numpy as np
 from numba import cuda
 
+from .. import shapes
 from .interop import simulated
 
 SHARED_BYTES = 48 * 1024
@@ -116,33 +117,8 @@ def split_index(i, rows, cols):
     return t // rows, t % rows, i % cols
 
 
-@cuda.jit(device=True)
-def output_of_tap(i, tap, pad, dil, stride, out_n):
-    """Along one axis: the output whose window's tap `tap` reads input `i`, or -1.
-
-    Gather-style backward kernels invert ``i = o * stride - pad + tap * dil`` with it.
-    """
-    t = i + pad - tap * dil
-    if t < 0 or t % stride != 0:
-        return -1
-    o = t // stride
-    return o if o < out_n else -1
-
-
-@cuda.jit(device=True)
-def valid_range(offset, stride, size, count):
-    """[j0, j1): the j in [0, count) with 0 <= j*stride + offset < size (the CPU
-    kernels' helper of the same name): the taps of a window inside the input, so a
-    kernel far larger than the input costs its overlap, not its size."""
-    j0 = -(offset // stride)
-    if j0 < 0:
-        j0 = 0
-    j1 = (size - 1 - offset) // stride + 1
-    if j1 > count:
-        j1 = count
-    if j1 < j0:
-        j1 = j0
-    return j0, j1
+output_of_tap = cuda.jit(device=True)(shapes.output_of_tap)
+valid_range = cuda.jit(device=True)(shapes.valid_range)
 
 
 def grid_yz(n: int) -> int:
