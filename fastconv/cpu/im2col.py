@@ -171,6 +171,14 @@ def _is_pointwise(kernel_hw, stride, padding):
 # 7.3 vs 7.9, backward 26.6 vs 29.2; 4 MiB is no better. (32 MiB had won only while
 # OpenBLAS's spinning threads made every switch between numba and BLAS expensive.)
 TILE_TARGET_BYTES = 8 * 2**20
+# An image whose packed columns take at least 1/WHOLE_IMAGE_SHARE of the target is a tile
+# of its own: its GEMM then writes straight into the output, where a tile of several
+# images is multiplied into a buffer and copied out. Measured interleaved in random order
+# (2-core Zen4, float32, ms, whole images at 1/8 / 1/2 as before): strided 3x3
+# 8x64x56x56 -> 128 (2.2 MB an image) 8.22 / 8.85, 5x5 8x32x32x32 (3.5 MB) 6.87 / 7.50,
+# 8x256x14x14 (2.0 MB) 13.15 / 13.96, 8x512x14x14 (9.4 MB) 46.98 / 46.37 (noise: whole
+# images there already at 1/2); below 1 MB (8x512x7x7, MNIST) the tiles are unchanged.
+WHOLE_IMAGE_SHARE = 8
 
 
 def plan_tiles(n, c_in, k_out, kernel_hw, out_hw, itemsize, bound=None, target=None):
@@ -191,8 +199,8 @@ def plan_tiles(n, c_in, k_out, kernel_hw, out_hw, itemsize, bound=None, target=N
     per_image = per_pixel * out_h * out_w
     if per_image <= limit:
         nb = min(n, limit // per_image)
-        if 2 * per_image >= target:
-            nb = 1  # a whole-image tile needs no copy of the output (measured faster)
+        if WHOLE_IMAGE_SHARE * per_image >= target:
+            nb = 1  # see WHOLE_IMAGE_SHARE
         nb = _ceil_div(n, _ceil_div(n, nb))          # balance the chunks
         return nb, out_h, out_w
     if per_pixel * out_w <= limit:
