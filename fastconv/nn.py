@@ -73,12 +73,16 @@ def manual_seed(seed) -> None:
     _default_rng = np.random.default_rng(None if seed is None else _seed(seed, "seed"))
 
 
-def _seed(value, name):
+def _int_at_least(value, name, minimum, what):
     if not shapes._is_int(value):
-        raise TypeError(f"{name} must be an int >= 0, got {value!r} of type {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        raise TypeError(f"{name} must be {what}, got {value!r} of type {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)
+
+
+def _seed(value, name):
+    return _int_at_least(value, name, 0, "an int >= 0")
 
 
 def _rng(rng):
@@ -192,11 +196,7 @@ def _check_dtype(dtype, name="dtype"):
 
 
 def _positive_int(value, name):
-    if not shapes._is_int(value):
-        raise TypeError(f"{name} must be a positive int, got {value!r} of type {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+    return _int_at_least(value, name, 1, "a positive int")
 
 
 def _check_bool(value, name):
