@@ -5,8 +5,9 @@
 """
 from __future__ import annotations
 
-import numbers
 import threading
+
+from .shapes import _is_int  # numpy integers count, bool does not, as in the API
 
 ALGORITHMS = ("auto", "direct", "im2col", "winograd")
 
@@ -55,11 +56,6 @@ class Config:
             value = int(value)
         with self._lock:
             self._num_threads = value  # applied per call by fastconv.threads
-
-
-def _is_int(value) -> bool:
-    # numpy integers count, as everywhere in the API; bool does not (num_threads=True is a slip)
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 config = Config()
