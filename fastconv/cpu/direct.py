@@ -417,11 +417,12 @@ def _nan_where_padding_meets_nonfinite_weights(out, weight, in_hw, stride, paddi
                                                dilation):
     """out[:, k, i, j] = NaN where a non-finite weight tap of filter k lies over the
     padding in output (i, j)'s window."""
-    if np.isfinite(weight).all():
+    finite = np.isfinite(weight)
+    if finite.all():
         return
     rows, cols = _padding_taps(in_hw, out.shape[2:], weight.shape[2:], stride, padding,
                                dilation)
-    bad = ~np.isfinite(weight).all(axis=1)                       # (K, kH, kW)
+    bad = ~finite.all(axis=1)                                    # (K, kH, kW)
     nan_rows = bad.any(axis=2).astype(np.int64) @ rows > 0        # (K, out_h)
     nan_cols = bad.any(axis=1).astype(np.int64) @ cols > 0        # (K, out_w)
     out[:, nan_rows[:, :, None] | nan_cols[:, None, :]] = np.nan
@@ -431,11 +432,11 @@ def _nan_where_padding_meets_nonfinite_grad_out(grad_weight, grad_out, in_hw, st
                                                 padding, dilation):
     """grad_weight[k, :, p, q] = NaN where tap (p, q) lies over the padding in the
     window of an output whose grad_out[:, k] is not finite."""
-    if np.isfinite(grad_out).all():
+    bad = ~np.isfinite(grad_out)                                  # (N, K, out_h, out_w)
+    if not bad.any():
         return
     rows, cols = _padding_taps(in_hw, grad_out.shape[2:], grad_weight.shape[2:], stride,
                                padding, dilation)
-    bad = ~np.isfinite(grad_out)                                  # (N, K, out_h, out_w)
     nan_p = bad.any(axis=(0, 3)).astype(np.int64) @ rows.T > 0    # (K, kH)
     nan_q = bad.any(axis=(0, 2)).astype(np.int64) @ cols.T > 0    # (K, kW)
     k, p, q = np.nonzero(nan_p[:, :, None] | nan_q[:, None, :])
