@@ -29,8 +29,10 @@ def _kernel_dispatchers():
     for name, module in list(sys.modules.items()):
         if name.startswith("fastconv.cpu") and module is not None:
             for obj in vars(module).values():
-                if isinstance(obj, Dispatcher):
-                    yield obj
+                # kernels made per parameter set live in a module-level dict
+                for candidate in (obj.values() if isinstance(obj, dict) else (obj,)):
+                    if isinstance(candidate, Dispatcher):
+                        yield candidate
 
 
 def reset_kernel_caches():

@@ -259,11 +259,16 @@ def test_config_changes_between_calls_are_safe(rng):
 
 _SCRIPT = textwrap.dedent("""
     import warnings, numpy as np, fastconv as fc
+    from fastconv.cpu import gemm
     x = np.arange(2 * 3 * 6 * 6, dtype=np.float32).reshape(2, 3, 6, 6) / 50
     w = np.ones((2, 3, 3, 3), np.float32)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = fc.conv2d(x, w, padding=1, algorithm="direct")
+        if gemm.HOST is not None:   # a kernel made per parameter set, kept in a dict
+            u, v = x.reshape(3, 2, 36)[:, :, :2].copy(), x.reshape(3, 2, 36)
+            out = out.sum() + fc.jitcache.call(gemm.batched_matmul, u, v,
+                                               np.empty((3, 2, 36), np.float32)).sum()
     print(repr(float(out.sum())), sum("cache" in str(c.message) for c in caught))
 """)
 

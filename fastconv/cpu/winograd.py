@@ -50,7 +50,7 @@ import numpy as np
 from numba import prange
 
 from ..config import config
-from . import direct
+from . import direct, gemm
 from ._common import HELPER, KERNEL, bias_or_zeros, copy, grad_input_as_forward
 
 R = 3                               # kernel size of algorithm="winograd"
@@ -84,6 +84,7 @@ ROW_KERNEL_MIN_TILES_OTHER = 7     # other tile sizes (not measured)
 CHANNELS_LAST_MAX_VALUES = 128 * 256
 CHANNELS_LAST_MAX_TILES_W = 4
 CHANNELS_LAST_MIN_CHANNELS = 256
+GEMM_MAX_TILES = 512
 CHANNELS_LAST_BLOCK = 8         # tiles per work item (16 measured 0-6% slower)
 
 
@@ -725,7 +726,9 @@ def workspace_bytes_needed(x_shape, weight_shape, out_hw, tile=DEFAULT_TILE, ite
 def _multiply(U, V, M, groups):
     """M[e] = U[e] @ V[e] for every tile element e, per group."""
     c_per_group, k_per_group = U.shape[2], U.shape[1] // groups
-    if groups == 1:
+    if c_per_group * k_per_group > 1 and gemm.HOST is not None and V.shape[2] <= GEMM_MAX_TILES:
+        gemm.batched_matmul(U, V, M, groups)
+    elif groups == 1:
         np.matmul(U, V, out=M)
     elif c_per_group == 1 and k_per_group == 1:     # depthwise: elementwise
         np.multiply(U, V, out=M)

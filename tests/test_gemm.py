@@ -1,0 +1,101 @@
+"""The batched GEMM micro-kernel (fastconv/cpu/gemm.py) against float64 matmul.
+
+Every tile shape runs on any x86 host (LLVM splits or emulates vectors wider than
+the host's), so the AVX2 shape is tested on AVX-512 machines and vice versa."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import fastconv as fc
+from fastconv import reference
+from fastconv.cpu import gemm, winograd
+
+TILES = [gemm.Tile(64, 8, 2), gemm.Tile(32, 6, 2), gemm.Tile(16, 3, 1)]
+
+
+def _expected(U, V, groups):
+    k_group, c_group = U.shape[1] // groups, U.shape[2]
+    U64, V64 = U.astype(np.float64), V.astype(np.float64)
+    return np.concatenate([U64[:, g * k_group:(g + 1) * k_group]
+                           @ V64[:, g * c_group:(g + 1) * c_group] for g in range(groups)],
+                          axis=1)
+
+
+def _case(rng, alpha2, k, c, t, groups, dtype):
+    U = rng.standard_normal((alpha2, k, c // groups)).astype(dtype)
+    V = rng.standard_normal((alpha2, c, t)).astype(dtype)
+    M = np.full((alpha2, k, t), np.nan, dtype)     # every element must be written
+    return U, V, M
+
+
+@pytest.mark.parametrize("tile", TILES, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("alpha2,k,c,t,groups", [
+    (1, 1, 1, 1, 1), (3, 7, 5, 15, 1), (2, 8, 16, 32, 1), (2, 9, 4, 33, 1),
+    (1, 17, 64, 100, 1), (2, 12, 6, 40, 3), (4, 16, 16, 31, 2), (36, 24, 24, 8, 1),
+])
+def test_matches_float64_matmul(tile, dtype, alpha2, k, c, t, groups):
+    rng = np.random.default_rng(k * 100 + t)
+    U, V, M = _case(rng, alpha2, k, c, t, groups, dtype)
+    U0, V0 = U.copy(), V.copy()
+    gemm.batched_matmul(U, V, M, groups, tile)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(M, _expected(U, V, groups), rtol=tol, atol=tol * np.sqrt(c))
+    np.testing.assert_array_equal(U, U0)
+    np.testing.assert_array_equal(V, V0)
+
+
+@pytest.mark.parametrize("tile", TILES[:2], ids=str)
+@pytest.mark.parametrize("alpha2,k,c,t", [(2, 5, 0, 7), (2, 0, 3, 7), (2, 5, 3, 0), (0, 5, 3, 7)])
+def test_empty_dimensions(tile, alpha2, k, c, t):
+    U, V, M = _case(np.random.default_rng(0), alpha2, k, c, t, 1, np.float32)
+    gemm.batched_matmul(U, V, M, 1, tile)
+    np.testing.assert_array_equal(M, np.zeros_like(M))   # a sum over no channels is 0
+
+
+@pytest.mark.parametrize("tile", TILES[:2], ids=str)
+def test_non_finite_values_propagate_as_in_matmul(tile):
+    rng = np.random.default_rng(1)
+    U, V, M = _case(rng, 2, 10, 6, 37, 1, np.float32)
+    U[0, 3, 2] = np.inf
+    V[0, 2, 5] = 0.0                                   # inf * 0 = nan
+    V[1, 4, 36] = np.nan                               # the last, masked, column
+    U[1, 9, 0] = -np.inf                               # a row of the partial panel
+    gemm.batched_matmul(U, V, M, 1, tile)
+    with np.errstate(invalid="ignore"):
+        expected = np.matmul(U, V)
+    np.testing.assert_array_equal(np.isnan(M), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(M), np.isinf(expected))
+
+
+@settings(max_examples=25, deadline=None)
+@given(alpha2=st.integers(1, 4), k_group=st.integers(1, 20), c_group=st.integers(1, 20),
+       t=st.integers(1, 70), groups=st.integers(1, 3), tile=st.sampled_from(TILES[:2]),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_random_shapes(alpha2, k_group, c_group, t, groups, tile, dtype, seed):
+    U, V, M = _case(np.random.default_rng(seed), alpha2, k_group * groups, c_group * groups,
+                    t, groups, dtype)
+    gemm.batched_matmul(U, V, M, groups, tile)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(M, _expected(U, V, groups), rtol=tol, atol=tol * 10)
+
+
+def test_host_tile_by_cpu_features():
+    assert gemm.host_tile({"avx512f": True, "avx2": True, "fma": True}) == gemm.Tile(64, 8, 2)
+    assert gemm.host_tile({"avx512f": False, "avx2": True, "fma": True}) == gemm.Tile(32, 6, 2)
+    assert gemm.host_tile({"sse4.2": True}) is None
+    assert gemm.Tile(64, 8, 2).columns(4) == 32 and gemm.Tile(64, 8, 2).columns(8) == 16
+
+
+@pytest.mark.parametrize("max_tiles", [-1, 2**31], ids=["np.matmul", "micro-kernel"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_winograd_with_either_gemm(monkeypatch, max_tiles, groups):
+    """Winograd's GEMMs take the micro-kernel up to GEMM_MAX_TILES tiles per chunk and
+    np.matmul beyond: both give the reference's result."""
+    monkeypatch.setattr(winograd, "GEMM_MAX_TILES", max_tiles)
+    rng = np.random.default_rng(groups)
+    x = rng.standard_normal((3, 4, 11, 13)).astype(np.float32)
+    w = rng.standard_normal((6, 4 // groups, 3, 3)).astype(np.float32)
+    out = fc.conv2d(x, w, padding=1, groups=groups, algorithm="winograd")
+    expected = reference.conv2d(x, w, padding=(1, 1, 1, 1), groups=groups)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
