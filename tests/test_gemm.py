@@ -10,7 +10,8 @@ import fastconv as fc
 from fastconv import reference
 from fastconv.cpu import gemm, winograd
 
-TILES = [gemm.Tile(64, 8, 2), gemm.Tile(32, 6, 2), gemm.Tile(16, 3, 1)]
+TILES = [gemm.Tile(64, 8, 2), gemm.Tile(32, 6, 2), gemm.Tile(64, 6, 3), gemm.Tile(32, 4, 3),
+         gemm.Tile(16, 3, 1)]
 
 
 def _expected(U, V, groups):
@@ -80,19 +81,31 @@ def test_random_shapes(alpha2, k_group, c_group, t, groups, tile, dtype, seed):
     np.testing.assert_allclose(M, _expected(U, V, groups), rtol=tol, atol=tol * 10)
 
 
-def test_host_tile_by_cpu_features():
-    assert gemm.host_tile({"avx512f": True, "avx2": True, "fma": True}) == gemm.Tile(64, 8, 2)
-    assert gemm.host_tile({"avx512f": False, "avx2": True, "fma": True}) == gemm.Tile(32, 6, 2)
-    assert gemm.host_tile({"sse4.2": True}) is None
+def test_host_tiles_by_cpu_features():
+    avx512 = gemm.host_tiles({"avx512f": True, "avx2": True, "fma": True})
+    assert avx512 == (gemm.Tile(64, 8, 2), gemm.Tile(64, 6, 3))
+    avx2 = gemm.host_tiles({"avx512f": False, "avx2": True, "fma": True})
+    assert avx2 == (gemm.Tile(32, 6, 2), gemm.Tile(32, 4, 3))
+    assert gemm.host_tiles({"sse4.2": True}) is None
     assert gemm.Tile(64, 8, 2).columns(4) == 32 and gemm.Tile(64, 8, 2).columns(8) == 16
 
 
-@pytest.mark.parametrize("max_tiles", [-1, 2**31], ids=["np.matmul", "micro-kernel"])
+def test_tile_rule():
+    tiles = gemm.host_tiles({"avx512f": True})
+    assert gemm.tile_for(512, 32, tiles) == tiles.narrow
+    assert gemm.tile_for(64, 1568, tiles) == tiles.wide
+    assert gemm.tile_for(512, 1568, tiles) is None          # OpenBLAS
+    assert gemm.tile_for(64, 32, None) is None              # no AVX2 / AVX-512
+
+
+@pytest.mark.parametrize("tiles", [None, gemm.host_tiles({"avx512f": True}),
+                                   gemm.host_tiles({"avx2": True, "fma": True})],
+                         ids=["np.matmul", "avx512", "avx2"])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_winograd_with_either_gemm(monkeypatch, max_tiles, groups):
-    """Winograd's GEMMs take the micro-kernel up to GEMM_MAX_TILES tiles per chunk and
-    np.matmul beyond: both give the reference's result."""
-    monkeypatch.setattr(winograd, "GEMM_MAX_TILES", max_tiles)
+def test_winograd_with_each_gemm(monkeypatch, tiles, groups):
+    """Winograd's GEMMs run on the micro-kernel with either host's tiles, or on
+    np.matmul: each gives the reference's result."""
+    monkeypatch.setattr(gemm, "HOST", tiles)
     rng = np.random.default_rng(groups)
     x = rng.standard_normal((3, 4, 11, 13)).astype(np.float32)
     w = rng.standard_normal((6, 4 // groups, 3, 3)).astype(np.float32)

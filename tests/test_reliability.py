@@ -268,7 +268,8 @@ _SCRIPT = textwrap.dedent("""
         if gemm.HOST is not None:   # a kernel made per parameter set, kept in a dict
             u, v = x.reshape(3, 2, 36)[:, :, :2].copy(), x.reshape(3, 2, 36)
             out = out.sum() + fc.jitcache.call(gemm.batched_matmul, u, v,
-                                               np.empty((3, 2, 36), np.float32)).sum()
+                                               np.empty((3, 2, 36), np.float32), 1,
+                                               gemm.HOST.narrow).sum()
     print(repr(float(out.sum())), sum("cache" in str(c.message) for c in caught))
 """)
 

@@ -25,15 +25,15 @@ through `numba.extending.intrinsic`: accumulators are vector values, the multipl
 is `llvm.fma`, and the right and bottom edges use masked loads and stores (lanes
 past T are neither read nor written; rows past K read row 0 and are not stored).
 
-The tile shape is data: `HOST` is chosen from the host CPU's vector registers
-(`host_tile`), and `batched_matmul` takes any `Tile`, so the tests run the AVX2
-shape on an AVX-512 machine too. Where the host has neither, `HOST` is None and
-callers use `np.matmul`.
+The tile shape is data: `HOST` holds two, chosen from the host CPU's vector
+registers (`host_tiles`), `tile_for` picks one by the GEMM's shape (or None, for
+`np.matmul`), and `batched_matmul` takes any `Tile`, so the tests run the AVX2
+shapes on an AVX-512 machine too. Where the host has neither AVX-512 nor AVX2,
+`HOST` is None and callers use `np.matmul`.
 
-Measured on the 2-core Zen4 (float32, GFLOP/s, this kernel / np.matmul, 36 GEMMs
-K x C by C x T): 512x512 by 32 155 / 99; 256x256 by 128 139-170 / 120-135;
-128x128 by 392 140-151 / 83-128; 64x64 by 1568 86-108 / 71-103; wider T than
-that favours OpenBLAS (its cache blocking): 256x256 by 1568 152-157 / 164-168.
+Measured on the 2-core Zen4 (float32, GFLOP/s, 36 GEMMs K x C by C x T, narrow tile /
+wide tile / np.matmul): 512x512 by 32: 146 / 110 / 91; 256x256 by 128: 137 / 127 / 120;
+128x128 by 392: 121 / 126 / 116; 64x64 by 1568: 83 / 103 / 74; whole calls: `tile_for`.
 """
 from __future__ import annotations
 
@@ -61,22 +61,51 @@ class Tile(NamedTuple):
         return self.vectors * self.vector_bytes // itemsize
 
 
-def host_tile(features=None):
-    """The tile for a CPU with these features (llvmlite's host features by default):
-    32 vector registers of 64 bytes with AVX-512, 16 of 32 bytes with AVX2 (2 x 6
-    accumulators + 2 loads + 1 broadcast = 15); None without (masked loads and stores
+class HostTiles(NamedTuple):
+    """The host's two tile shapes: `narrow` for GEMMs of few columns (T), `wide` (more
+    vectors per row, each broadcast of U used more times) for the others."""
+    narrow: Tile
+    wide: Tile
+
+
+def host_tiles(features=None):
+    """The tiles for a CPU with these features (llvmlite's host features by default):
+    32 vector registers of 64 bytes with AVX-512 (8 x 2 and 6 x 3 accumulators), 16 of
+    32 bytes with AVX2 + FMA (6 x 2 and 4 x 3: accumulators + loads + a broadcast
+    within 16; not measured on such a CPU); None without (masked loads and stores
     would be emulated, and np.matmul is the better choice)."""
     if features is None:
         features = llvm_binding.get_host_cpu_features()
     if features.get("avx512f"):
-        return Tile(64, 8, 2)
+        return HostTiles(Tile(64, 8, 2), Tile(64, 6, 3))
     if features.get("avx2") and features.get("fma"):
-        return Tile(32, 6, 2)
+        return HostTiles(Tile(32, 6, 2), Tile(32, 4, 3))
     return None
 
 
-HOST = host_tile()
-V_BLOCK_BYTES = 256 * 2**10   # measured: 64 KiB and 16 MiB slower on 64- and 128-channel layers
+HOST = host_tiles()
+V_BLOCK_BYTES = 256 * 2**10     # measured: 64 KiB and 16 MiB slower on 64- and 128-channel layers
+# The rule of `tile_for`. Whole Winograd F(4x4) calls, ms, micro-kernel with the narrow
+# tile / the wide one / np.matmul, interleaved (2-core Zen4, float32; T = tiles per chunk):
+#   8x512x7x7 (T 32)        8.18 / 9.29 / 10.92     8x512x14x14 (128)  22.4 / 25.7 / 25.6
+#   8x256x14x14 (128)       7.83 / 8.29 / 8.46      1x64x56x56 (196)   1.52 / 1.48 / 1.60
+#   8x128x28x28 (392)       7.46 / 7.44 / 8.85      8x64x56x56 (1568)  10.8 / 9.97 / 11.0
+#   1x64x224x224 (3136)     17.5 / 15.6 / 16.4      8x128x112x112      96.8 / 94.0 / 103.0
+#   8x256x56x56             74.3 / 72.8 / 74.3      8x512x28x28 (~450) 63.0 / 63.4 / 60.3
+#   F(4x4,5x5) 8x32x32x32 (512): 4.58 / 4.43 / 6.81
+# OpenBLAS's depth blocking wins only on long reductions over many columns.
+WIDE_FROM_COLUMNS = 256
+MAX_DEPTH_WIDE = 256
+
+
+def tile_for(depth, columns, tiles):
+    """Which of `tiles` (the host's: `HOST`) to use for GEMMs reducing over `depth`
+    with `columns` columns of V; None where np.matmul is faster or `tiles` is None."""
+    if tiles is None:
+        return None
+    if columns < WIDE_FROM_COLUMNS:
+        return tiles.narrow
+    return tiles.wide if depth <= MAX_DEPTH_WIDE else None
 
 
 def _literal(value, name):
@@ -212,7 +241,7 @@ def _batched_kernel(tile):
     return batched
 
 
-def batched_matmul(U, V, M, groups=1, tile=HOST):
+def batched_matmul(U, V, M, groups, tile):
     """M[e, group's rows] = U[e, group's rows] @ V[e, group's channels] for every e.
 
     U (A, K, C / groups), V (A, C, T), M (A, K, T): C-contiguous, one float dtype."""

@@ -15,8 +15,8 @@ tile element e, over all T tiles at once. The steps:
 2. input transform   V = B^T d B            numba, parallel over channels (over tiles
                                             in the channels-last kernel)
 3. alpha^2 GEMMs     M = U @ V              (alpha^2, K, C) @ (alpha^2, C, T): gemm.py's
-                                            micro-kernel up to GEMM_MAX_TILES tiles per
-                                            chunk, np.matmul (OpenBLAS) on wider chunks
+                                            micro-kernel, or np.matmul (OpenBLAS) where
+                                            gemm.tile_for says it is faster
 4. output transform  Y = A^T M A (+ bias)   numba, parallel over output channels
 
 `conv2d_grad_input` is the same with the rotated kernel; `conv2d_grad_weight` is
@@ -86,13 +86,6 @@ ROW_KERNEL_MIN_TILES_OTHER = 7     # other tile sizes (not measured)
 CHANNELS_LAST_MAX_VALUES = 128 * 256
 CHANNELS_LAST_MAX_TILES_W = 4
 CHANNELS_LAST_MIN_CHANNELS = 256
-# Chunks of at most GEMM_MAX_TILES tiles multiply with gemm.py's micro-kernel, wider
-# ones with np.matmul. Whole F(4x4) calls, ms, micro-kernel / np.matmul, interleaved:
-# 8x512x7x7 (32 tiles) 6.61/8.77, 7.53/10.06; 8x512x14x14 (128) 22.1/24.2; 1x64x56x56
-# (196) 1.30/1.48; 8x256x14x14 (128) 7.19/7.41; 8x128x28x28 (392) 9.94/10.00;
-# 8x64x56x56 (1568) 10.26/9.91; 1x64x224x224 (3136) 16.0/13.6: past a few hundred
-# tiles OpenBLAS's cache blocking wins.
-GEMM_MAX_TILES = 512
 CHANNELS_LAST_BLOCK = 8         # tiles per work item (16 measured 0-6% slower)
 
 
@@ -734,8 +727,9 @@ def workspace_bytes_needed(x_shape, weight_shape, out_hw, tile=DEFAULT_TILE, ite
 def _multiply(U, V, M, groups):
     """M[e] = U[e] @ V[e] for every tile element e, per group."""
     c_per_group, k_per_group = U.shape[2], U.shape[1] // groups
-    if c_per_group * k_per_group > 1 and gemm.HOST is not None and V.shape[2] <= GEMM_MAX_TILES:
-        gemm.batched_matmul(U, V, M, groups)
+    tile = gemm.tile_for(c_per_group, V.shape[2], gemm.HOST)
+    if c_per_group * k_per_group > 1 and tile is not None:
+        gemm.batched_matmul(U, V, M, groups, tile)
     elif groups == 1:
         np.matmul(U, V, out=M)
     elif c_per_group == 1 and k_per_group == 1:     # depthwise: elementwise
