@@ -224,7 +224,8 @@ def _batched_kernel(tile):
         t_chunk = max(t_step, V_BLOCK_BYTES // max(1, c_group * V.itemsize) // t_step * t_step)
         chunks = -(-t_total // t_chunk)
         for item in prange(alpha2 * groups * chunks * panels):
-            e, rest = divmod(item, groups * chunks * panels)
+            # numba's prange index is unsigned: int64 first, or divmod gives floats
+            e, rest = divmod(np.int64(item), groups * chunks * panels)
             g, rest = divmod(rest, chunks * panels)
             chunk, panel = divmod(rest, panels)
             k0 = g * k_group + panel * tile_rows
