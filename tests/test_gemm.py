@@ -112,3 +112,19 @@ def test_winograd_with_each_gemm(monkeypatch, tiles, groups):
     out = fc.conv2d(x, w, padding=1, groups=groups, algorithm="winograd")
     expected = reference.conv2d(x, w, padding=(1, 1, 1, 1), groups=groups)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_layout_is_checked_not_assumed():
+    """The kernel indexes raw memory: a wrong shape, dtype or layout is refused."""
+    tile = TILES[0]
+    U, V, M = _case(np.random.default_rng(2), 2, 8, 6, 20, 1, np.float32)
+    with pytest.raises(ValueError, match="shapes"):
+        gemm.batched_matmul(U[:, :4], V, M, 1, tile)
+    with pytest.raises(ValueError, match="shapes"):
+        gemm.batched_matmul(U, V, M, 4, tile)                 # 6 channels, 4 groups
+    with pytest.raises(ValueError, match="dtypes"):
+        gemm.batched_matmul(U.astype(np.float64), V, M, 1, tile)
+    with pytest.raises(ValueError, match="contiguous"):
+        gemm.batched_matmul(U, np.asfortranarray(V), M, 1, tile)
+    with pytest.raises(ValueError, match="contiguous"):
+        gemm.batched_matmul(U, V, M[:, :, ::-1], 1, tile)

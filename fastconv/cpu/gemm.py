@@ -245,6 +245,19 @@ def _batched_kernel(tile):
 def batched_matmul(U, V, M, groups, tile):
     """M[e, group's rows] = U[e, group's rows] @ V[e, group's channels] for every e.
 
-    U (A, K, C / groups), V (A, C, T), M (A, K, T): C-contiguous, one float dtype."""
+    U (A, K, C / groups), V (A, C, T), M (A, K, T): C-contiguous, one float dtype.
+    The kernel indexes raw memory, so the layout is checked here, not assumed."""
+    alpha2, c_total, t_total = V.shape
+    k_total = M.shape[1]
+    if (groups < 1 or c_total % groups or k_total % groups
+            or U.shape != (alpha2, k_total, c_total // groups)
+            or M.shape != (alpha2, k_total, t_total)):
+        raise ValueError(f"batched_matmul: shapes U {U.shape}, V {V.shape}, M {M.shape} "
+                         f"do not fit groups={groups}")
+    if not (U.dtype == V.dtype == M.dtype and U.dtype in (np.float32, np.float64)):
+        raise ValueError(f"batched_matmul: dtypes {U.dtype}, {V.dtype}, {M.dtype}")
+    if not (U.flags.c_contiguous and V.flags.c_contiguous and M.flags.c_contiguous
+            and M.flags.writeable):
+        raise ValueError("batched_matmul: U, V and M must be C-contiguous, M writeable")
     _batched_kernel(tile)(U, V, M, groups)
     return M
