@@ -28,11 +28,11 @@ def _kernel_dispatchers():
     from numba.core.dispatcher import Dispatcher
     for name, module in list(sys.modules.items()):
         if name.startswith("fastconv.cpu") and module is not None:
-            for obj in vars(module).values():
-                # kernels made per parameter set live in a module-level dict
-                for candidate in (obj.values() if isinstance(obj, dict) else (obj,)):
-                    if isinstance(candidate, Dispatcher):
-                        yield candidate
+            # kernels made per parameter set live in the module's `_kernels` dict
+            made = list(getattr(module, "_kernels", {}).copy().values())
+            for obj in list(vars(module).values()) + made:
+                if isinstance(obj, Dispatcher):
+                    yield obj
 
 
 def reset_kernel_caches():

@@ -54,10 +54,11 @@ def test_empty_dimensions(tile, alpha2, k, c, t):
     np.testing.assert_array_equal(M, np.zeros_like(M))   # a sum over no channels is 0
 
 
-@pytest.mark.parametrize("tile", TILES[:2], ids=str)
-def test_non_finite_values_propagate_as_in_matmul(tile):
+@pytest.mark.parametrize("tile", TILES, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_values_propagate_as_in_matmul(tile, dtype):
     rng = np.random.default_rng(1)
-    U, V, M = _case(rng, 2, 10, 6, 37, 1, np.float32)
+    U, V, M = _case(rng, 2, 10, 6, 37, 1, dtype)
     U[0, 3, 2] = np.inf
     V[0, 2, 5] = 0.0                                   # inf * 0 = nan
     V[1, 4, 36] = np.nan                               # the last, masked, column
@@ -128,3 +129,51 @@ def test_layout_is_checked_not_assumed():
         gemm.batched_matmul(U, np.asfortranarray(V), M, 1, tile)
     with pytest.raises(ValueError, match="contiguous"):
         gemm.batched_matmul(U, V, M[:, :, ::-1], 1, tile)
+
+
+@pytest.mark.parametrize("tile", TILES[:2], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("alpha2,k,c,t,groups", [(1, 12, 512, 300, 1), (2, 10, 1024, 301, 2)])
+def test_columns_in_several_blocks_and_nothing_outside_touched(tile, dtype, alpha2, k, c, t,
+                                                               groups):
+    """T wider than one block of V (V_BLOCK_BYTES over the channels); U, V and M sit
+    between NaN guards, so a read past U or V would poison a result and a write past
+    M would change a guard."""
+    rng = np.random.default_rng(c + t)
+    U, V, _ = _case(rng, alpha2, k, c, t, groups, dtype)
+    guard = 64
+
+    def guarded(array):
+        buf = np.full(array.size + 2 * guard, np.nan, dtype)
+        inner = buf[guard:guard + array.size].reshape(array.shape)
+        inner[...] = array
+        return buf, inner
+
+    (u_buf, Ug), (v_buf, Vg), (m_buf, Mg) = guarded(U), guarded(V), guarded(
+        np.full((alpha2, k, t), np.nan, dtype))
+    gemm.batched_matmul(Ug, Vg, Mg, groups, tile)
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(Mg, _expected(U, V, groups), rtol=tol, atol=tol * np.sqrt(c))
+    for buf in (u_buf, v_buf, m_buf):
+        assert np.isnan(buf[:guard]).all() and np.isnan(buf[-guard:]).all()
+
+
+@pytest.mark.parametrize("tile", [gemm.Tile(20, 2, 2), gemm.Tile(64, 0, 2), gemm.Tile(64, 8, 0)],
+                         ids=str)
+def test_unsupported_tiles_are_refused(tile):
+    U, V, M = _case(np.random.default_rng(3), 1, 4, 4, 8, 1, np.float64)
+    with pytest.raises(ValueError, match="tile"):
+        gemm.batched_matmul(U, V, M, 1, tile)
+
+
+@pytest.mark.parametrize("tiles", [gemm.host_tiles({"avx512f": True}),
+                                   gemm.host_tiles({"avx2": True, "fma": True})],
+                         ids=["avx512", "avx2"])
+def test_winograd_float64_on_the_micro_kernel(monkeypatch, tiles):
+    monkeypatch.setattr(gemm, "HOST", tiles)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 5, 9, 10))
+    w = rng.standard_normal((7, 5, 3, 3))
+    np.testing.assert_allclose(fc.conv2d(x, w, padding=1, algorithm="winograd"),
+                               reference.conv2d(x, w, padding=(1, 1, 1, 1)),
+                               rtol=1e-10, atol=1e-10)

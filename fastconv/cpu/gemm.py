@@ -37,6 +37,7 @@ wide tile / np.matmul): 512x512 by 32: 146 / 110 / 91; 256x256 by 128: 137 / 127
 """
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import llvmlite.binding as llvm_binding
@@ -135,7 +136,7 @@ def _micro_tile(typingctx, V, v_off, ldv, U, u_off, ldu, M, m_off, ldm, depth, r
         lane_ids = ir.VectorType(i32, lanes)
         mask_type = ir.VectorType(ir.IntType(1), lanes)
         align = ir.Constant(i32, context.get_abi_sizeof(scalar))
-        suffix = f"v{lanes}{'f32' if lanes * 4 == tile.vector_bytes else 'f64'}"
+        suffix = f"v{lanes}{'f32' if isinstance(scalar, ir.FloatType) else 'f64'}"
         module = builder.module
         fma = cgutils.get_or_insert_function(
             module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.{suffix}")
@@ -204,13 +205,24 @@ def _micro_tile(typingctx, V, v_off, ldv, U, u_off, ldu, M, m_off, ldm, depth, r
 
 
 _kernels = {}       # Tile -> its driver (jitcache finds them here)
+_kernels_lock = threading.Lock()
 
 
 def _batched_kernel(tile):
     """The parallel driver for one tile shape (compiled once per shape and dtype)."""
-    if tile in _kernels:
+    with _kernels_lock:
+        if tile not in _kernels:
+            _kernels[tile] = _make_batched_kernel(tile)
         return _kernels[tile]
+
+
+def _make_batched_kernel(tile):
     vector_bytes, tile_rows, tile_vectors = tile
+    # whole float64 lanes, at least one row and one vector: a tile that is not would
+    # leave part of M unwritten
+    if vector_bytes not in (16, 32, 64) or tile_rows < 1 or tile_vectors < 1:
+        raise ValueError(f"unsupported micro-kernel tile {tile}")
+    v_block_bytes = V_BLOCK_BYTES   # a closure constant: part of the cache key
 
     @numba.njit(**KERNEL)
     def batched(U, V, M, groups):
@@ -221,7 +233,7 @@ def _batched_kernel(tile):
         t_step = tile_vectors * vector_bytes // V.itemsize
         # columns of V per work item: a block of V (C/groups x t_chunk) stays in the
         # cache while every panel of U passes over it
-        t_chunk = max(t_step, V_BLOCK_BYTES // max(1, c_group * V.itemsize) // t_step * t_step)
+        t_chunk = max(t_step, v_block_bytes // max(1, c_group * V.itemsize) // t_step * t_step)
         chunks = -(-t_total // t_chunk)
         for item in prange(alpha2 * groups * chunks * panels):
             # numba's prange index is unsigned: int64 first, or divmod gives floats
@@ -238,7 +250,6 @@ def _batched_kernel(tile):
                             t_total, c_group, rows, min(t_step, t_total - t0),
                             vector_bytes, tile_rows, tile_vectors)
 
-    _kernels[tile] = batched
     return batched
 
 
@@ -256,8 +267,9 @@ def batched_matmul(U, V, M, groups, tile):
                          f"do not fit groups={groups}")
     if not (U.dtype == V.dtype == M.dtype and U.dtype in (np.float32, np.float64)):
         raise ValueError(f"batched_matmul: dtypes {U.dtype}, {V.dtype}, {M.dtype}")
-    if not (U.flags.c_contiguous and V.flags.c_contiguous and M.flags.c_contiguous
-            and M.flags.writeable):
-        raise ValueError("batched_matmul: U, V and M must be C-contiguous, M writeable")
+    if not all(a.flags.c_contiguous and a.flags.aligned for a in (U, V, M)) \
+            or not M.flags.writeable:
+        raise ValueError("batched_matmul: U, V and M must be C-contiguous and aligned, "
+                         "M writeable")
     _batched_kernel(tile)(U, V, M, groups)
     return M

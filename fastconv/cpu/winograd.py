@@ -728,7 +728,7 @@ def _multiply(U, V, M, groups):
     """M[e] = U[e] @ V[e] for every tile element e, per group."""
     c_per_group, k_per_group = U.shape[2], U.shape[1] // groups
     tile = gemm.tile_for(c_per_group, V.shape[2], gemm.HOST)
-    if c_per_group * k_per_group > 1 and tile is not None:
+    if c_per_group * k_per_group > 1 and tile is not None and U.dtype == V.dtype:
         gemm.batched_matmul(U, V, M, groups, tile)
     elif groups == 1:
         np.matmul(U, V, out=M)
