@@ -2,6 +2,11 @@
 
 Every tile shape runs on any x86 host (LLVM splits or emulates vectors wider than
 the host's), so the AVX2 shape is tested on AVX-512 machines and vice versa."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -177,3 +182,40 @@ def test_winograd_float64_on_the_micro_kernel(monkeypatch, tiles):
     np.testing.assert_allclose(fc.conv2d(x, w, padding=1, algorithm="winograd"),
                                reference.conv2d(x, w, padding=(1, 1, 1, 1)),
                                rtol=1e-10, atol=1e-10)
+
+
+_AVX2_TARGET = textwrap.dedent("""
+    import numpy as np, fastconv as fc
+    from fastconv import reference
+    from fastconv.cpu import gemm
+    assert gemm.HOST == gemm.host_tiles({"avx2": True, "fma": True}), gemm.HOST
+    rng = np.random.default_rng(5)
+    for dtype, tol in ((np.float32, 1e-4), (np.float64, 1e-10)):
+        x = rng.standard_normal((2, 6, 13, 11)).astype(dtype)
+        w = rng.standard_normal((9, 6, 3, 3)).astype(dtype)
+        np.testing.assert_allclose(fc.conv2d(x, w, padding=1, algorithm="winograd"),
+                                   reference.conv2d(x, w, padding=(1, 1, 1, 1)),
+                                   rtol=tol, atol=tol)
+    print("ok")
+""")
+
+
+@pytest.mark.skipif(not gemm.target_features().get("avx2"), reason="needs an AVX2 host")
+def test_compiled_for_an_avx2_target(tmp_path):
+    """With NUMBA_CPU_NAME=haswell numba emits AVX2 code only (as for a portable cache):
+    the tiles follow the target, not the host, and the masked loads and stores lower to
+    AVX2 instructions."""
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell",
+               NUMBA_CPU_FEATURES="+avx,+avx2,+fma,+sse4.2,+popcnt,+f16c",
+               NUMBA_CACHE_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", _AVX2_TARGET], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_target_features_follow_numba_config(monkeypatch):
+    monkeypatch.setattr(gemm.numba.config, "CPU_NAME", "generic")
+    monkeypatch.setattr(gemm.numba.config, "CPU_FEATURES", "")
+    assert gemm.host_tiles(gemm.target_features()) is None
+    monkeypatch.setattr(gemm.numba.config, "CPU_FEATURES", "+avx2,+fma,-avx512f")
+    assert gemm.target_features() == {"avx2": True, "fma": True, "avx512f": False}

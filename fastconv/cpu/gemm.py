@@ -69,14 +69,23 @@ class HostTiles(NamedTuple):
     wide: Tile
 
 
+def target_features():
+    """The CPU features numba compiles for: the host's, unless NUMBA_CPU_NAME names
+    another target (portable caches); then only those NUMBA_CPU_FEATURES lists."""
+    if numba.config.CPU_NAME in (None, "host"):
+        return dict(llvm_binding.get_host_cpu_features())
+    listed = (numba.config.CPU_FEATURES or "").split(",")
+    return {name[1:]: name[0] == "+" for name in listed if name[:1] in "+-" and name[1:]}
+
+
 def host_tiles(features=None):
-    """The tiles for a CPU with these features (llvmlite's host features by default):
+    """The tiles for a CPU with these features (`target_features()` by default):
     32 vector registers of 64 bytes with AVX-512 (8 x 2 and 6 x 3 accumulators), 16 of
     32 bytes with AVX2 + FMA (6 x 2 and 4 x 3: accumulators + loads + a broadcast
     within 16; not measured on such a CPU); None without (masked loads and stores
     would be emulated, and np.matmul is the better choice)."""
     if features is None:
-        features = llvm_binding.get_host_cpu_features()
+        features = target_features()
     if features.get("avx512f"):
         return HostTiles(Tile(64, 8, 2), Tile(64, 6, 3))
     if features.get("avx2") and features.get("fma"):
