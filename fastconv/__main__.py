@@ -29,6 +29,14 @@ def info() -> int:
              "(NOT in effect: NumPy was imported before fastconv; set it in the "
              "environment or import fastconv first, see docs/performance.md)"))
     print(f"workspace_bytes: {config.workspace_bytes} ({config.workspace_bytes / 2**20:.0f} MiB)")
+    from .cpu import gemm
+    if gemm.HOST is None:
+        print("winograd GEMMs: np.matmul (the target CPU has neither AVX-512 nor AVX2 + FMA)")
+    else:
+        narrow, wide = gemm.HOST
+        print(f"winograd GEMMs: fastconv's micro-kernel, {narrow.vector_bytes}-byte vectors, "
+              f"tiles {narrow.rows}x{narrow.vectors} and {wide.rows}x{wide.vectors} "
+              "(np.matmul where gemm.tile_for says it is faster)")
     usable, why = interop.cuda_available()
     print(f"cuda: {'usable' if usable else 'not usable'} ({why})")
     layers = [((8, 64, 56, 56), (64, 64, 3, 3), 1), ((8, 256, 56, 56), (64, 256, 1, 1), 0),
