@@ -22,6 +22,17 @@ WINOGRAD_MIN_CHANNELS_CUDA = 32
 # transform writes 16-38 MB. `auto` cannot know which case a call is, so im2col.
 # resnet50_14 (8x256x14x14, 1568 pixels): F(4x4) 6.9 ms, F(2x2) 8.7, im2col 11.5.
 WINOGRAD_MIN_PIXELS = 1024             # N * out_h * out_w
+# ... and, for 3x3 kernels, enough GEMM work: groups * C_in/group * C_out/group * pixels.
+# Measured interleaved with the GEMM micro-kernel (2026-11-30, fourth session; ms im2col /
+# Winograd, the weights changed before every call as in training, C_in = C_out):
+#   C=8:  3136 px 0.26/0.47, 6272 0.35/0.49, 12544 0.46/0.64, 25088 1.40/1.17 and 0.84/0.92
+#   C=16: 3136 px 0.44/0.60, 6272 0.70/0.79, 12544 1.07/0.99, 25088 2.49/1.97, 2.04/1.53
+#   C=32: 3136 px 0.89/0.97, 6272 2.00/1.45, 12544 2.53/2.02, 25088 4.38/3.36, 4.43/2.80
+# Winograd wins from about 3-4 M (C_in * C_out * pixels); the two cases at 3.2 M are a
+# 1.08x and a 0.91x. Below 16 channels it does not win clearly even with more work (C=8
+# at 25088 px: 1.19x and 0.92x in two runs), so WINOGRAD_MIN_CHANNELS stays. 5x5 kernels
+# (6.25x fewer multiplies) win with less: they keep the channel and pixel thresholds only.
+WINOGRAD_MIN_WORK_3X3 = 2**22
 # F(4x4) does 36 instead of 16 GEMMs but each over a quarter of the tiles (2.25x less
 # work), and pads each side of the output to a multiple of 4 instead of 2. It is the
 # faster tile unless that padding costs much more area than F(2x2)'s (measured
@@ -124,6 +135,10 @@ def choose(device, x_shape, w_shape, stride, dilation, groups, operation="conv2d
         if pixels < WINOGRAD_MIN_PIXELS:
             return "im2col", (f"{size} stride 1, but only {pixels} pixels: Winograd's filter "
                               "transform would dominate (resnet50_7 measured)")
+        work = groups * c_per_group * k_per_group * pixels
+        if (kh, kw) == (3, 3) and work < WINOGRAD_MIN_WORK_3X3:
+            return "im2col", (f"3x3 stride 1, but {c_per_group} x {k_per_group} channels over "
+                              f"{pixels} pixels are too little work for Winograd's transforms")
         if (kh, kw) == (5, 5):
             return "winograd", ("5x5 stride 1 with enough channels and pixels: Winograd "
                                 "F(4x4,5x5) does 6.25x fewer multiplies (auto only: "

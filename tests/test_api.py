@@ -125,6 +125,12 @@ def test_explain_names_an_algorithm_and_a_reason():
     ((64, 1, 28, 28), (32, 1, 3, 3), dict(), "direct"),          # one input channel
     ((64, 1, 28, 28), (32, 1, 3, 3), dict(stride=2), "im2col"),  # ... but strided
     ((8, 256, 56, 56), (64, 256, 1, 1), dict(), "im2col"),
+    ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd F(4x4,3x3)"),   # small batch
+    ((8, 16, 56, 56), (16, 16, 3, 3), dict(padding=1), "winograd F(4x4,3x3)"),   # 6.4 M
+    ((8, 16, 28, 28), (16, 16, 3, 3), dict(padding=1), "im2col"),    # 1.6 M: too little work
+    ((4, 32, 28, 28), (32, 32, 3, 3), dict(padding=1), "im2col"),    # 3.2 M
+    ((8, 32, 28, 28), (32, 32, 3, 3), dict(padding=1), "winograd F(4x4,3x3)"),   # 6.4 M
+    ((8, 32, 28, 28), (32, 8, 3, 3), dict(padding=1, groups=4), "im2col"),  # 8 per group
 ])
 def test_auto_rule_on_the_benchmark_layers(x_shape, w_shape, kw, picked):
     """The rule of docs/performance.md ("The auto rule"), as `explain` reports it."""
