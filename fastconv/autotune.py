@@ -16,11 +16,13 @@ from __future__ import annotations
 # enough output pixels per filter.
 WINOGRAD_MIN_CHANNELS = 16             # mnist_lenet (C=1): Winograd 6.5 ms vs im2col 0.80
 WINOGRAD_MIN_CHANNELS_CUDA = 32
-# resnet50_7 (8x512x7x7, 392 pixels): im2col 11.3-11.5 ms; Winograd 8.2-8.3 (F4) with the
-# transformed filter kept from an earlier call with the same weights, but 12.4 (F2) to
-# 14.5 (F4) when the weights are new (every training step): the 512x512 filter
-# transform writes 16-38 MB. `auto` cannot know which case a call is, so im2col.
-# resnet50_14 (8x256x14x14, 1568 pixels): F(4x4) 6.9 ms, F(2x2) 8.7, im2col 11.5.
+# resnet50_7 (8x512x7x7, 392 pixels): im2col 11.7-14.2 ms; Winograd 6.4-7.3 (F4) with the
+# transformed filter kept from an earlier call with the same weights, but 17.8-18.2 when
+# the weights change between calls (every training step): the 512x512 filter transform
+# writes 38 MB. `auto` cannot know which case a call is, so im2col. At 784 pixels the
+# two trade places (4x256x14x14 im2col 7.2 / Winograd with new weights 6.9; 1x256x28x28
+# 6.3 / 7.1; 16x512x7x7 25.8 / 21.5), so the threshold stays at 1024.
+# resnet50_14 (8x256x14x14, 1568 pixels): F(4x4) 5.6-7.1 ms, F(2x2) 8.1-10.5, im2col 11.8-13.4.
 WINOGRAD_MIN_PIXELS = 1024             # N * out_h * out_w
 # ... and, for 3x3 kernels, enough GEMM work: groups * C_in/group * C_out/group * pixels.
 # Measured interleaved with the GEMM micro-kernel (2026-11-30, fourth session; ms im2col /
@@ -61,23 +63,24 @@ WINOGRAD_KERNELS = {"cpu": ((3, 3), (5, 5)), "cuda": ((3, 3),)}
 WINOGRAD_GRAD_WEIGHT_MIN_CHANNELS = 96
 WINOGRAD_GRAD_WEIGHT_MIN_PIXELS = 3136     # N * out_h * out_w
 
-# The table behind the rule: ms on this machine, one interleaved run, 2026-11-30 10:02
-# UTC, the same weights on every call (docs/performance.md has it with ratios and the cost of new
-# weights; docs/interleaved-results.json the raw run).
+# The table behind the rule: ms on this machine, one interleaved run, 2026-11-30 14:01
+# UTC (Winograd's GEMMs on the micro-kernel), the same weights on every call
+# (docs/performance.md has it with ratios and the cost of new weights;
+# docs/interleaved-results.json the raw run).
 MEASURED = {
     # layer: (direct, im2col, winograd F(4x4), winograd F(2x2), numpy im2col, torch)
-    "vgg16_conv1_2 1x64x224x224": (65.9, 25.8, 12.6, 24.5, 44.9, 18.6),
-    "vgg16_conv5_2 8x512x14x14": (90.7, 42.5, 19.4, 24.9, 44.4, 31.1),
-    "resnet50_56 8x64x56x56": (35.5, 12.1, 8.1, 13.1, 23.7, 9.0),
-    "resnet50_28 8x128x28x28": (24.0, 12.3, 6.4, 9.5, 13.5, 8.6),
-    "resnet50_14 8x256x14x14": (27.1, 11.5, 6.7, 8.6, 13.0, 8.1),
-    "resnet50_7 8x512x7x7": (27.2, 11.5, 8.3, 9.8, 14.3, 8.1),
-    "resnet50_1x1 8x256x56x56->64": (15.8, 6.3, None, None, 6.5, 7.1),
-    "strided_3x3 8x64x56x56 s2": (12.4, 7.1, None, None, 8.1, 4.8),
-    "conv_5x5 8x32x32x32": (16.1, 7.1, 5.35, None, 9.3, 4.1),   # winograd: F(4x4,5x5), auto
-    "depthwise_3x3 8x64x56x56": (1.29, 5.7, 7.4, 10.2, 7.4, 1.11),
-    "mnist_lenet 64x1x28x28": (0.70, 1.00, 7.2, 11.8, 1.47, 0.60),
-    "small_batch_3x3 1x64x56x56": (6.1, 2.33, 1.68, 2.20, 2.8, 1.52),
+    "vgg16_conv1_2 1x64x224x224": (68.6, 25.7, 11.3, 22.9, 45.0, 18.8),
+    "vgg16_conv5_2 8x512x14x14": (91.4, 43.7, 17.4, 25.2, 44.7, 31.2),
+    "resnet50_56 8x64x56x56": (43.1, 13.8, 7.38, 12.7, 25.0, 9.60),
+    "resnet50_28 8x128x28x28": (27.0, 11.8, 5.57, 9.23, 13.6, 8.92),
+    "resnet50_14 8x256x14x14": (27.3, 11.9, 5.75, 8.33, 13.0, 8.35),
+    "resnet50_7 8x512x7x7": (30.1, 11.7, 6.39, 9.27, 15.0, 8.53),
+    "resnet50_1x1 8x256x56x56->64": (19.8, 6.61, None, None, 6.88, 7.54),
+    "strided_3x3 8x64x56x56 s2": (14.7, 7.15, None, None, 8.39, 5.21),
+    "conv_5x5 8x32x32x32": (14.8, 6.83, 2.68, None, 8.15, 4.00),   # winograd: F(4x4,5x5), auto
+    "depthwise_3x3 8x64x56x56": (0.94, 4.30, 5.39, 8.84, 5.46, 1.21),
+    "mnist_lenet 64x1x28x28": (0.53, 0.72, 1.91, 3.78, 0.93, 0.44),
+    "small_batch_3x3 1x64x56x56": (3.54, 1.61, 0.96, 1.23, 2.01, 1.31),
 }
 
 
