@@ -25,11 +25,11 @@ through `numba.extending.intrinsic`: accumulators are vector values, the multipl
 is `llvm.fma`, and the right and bottom edges use masked loads and stores (lanes
 past T are neither read nor written; rows past K read row 0 and are not stored).
 
-The tile shape is data: `HOST` holds two, chosen from the host CPU's vector
-registers (`host_tiles`), `tile_for` picks one by the GEMM's shape (or None, for
-`np.matmul`), and `batched_matmul` takes any `Tile`, so the tests run the AVX2
-shapes on an AVX-512 machine too. Where the host has neither AVX-512 nor AVX2,
-`HOST` is None and callers use `np.matmul`.
+The tile shape is data: `HOST` holds two, chosen from the vector registers of the
+CPU numba compiles for (`host_tiles`, `target_features`), `tile_for` picks one by
+the GEMM's shape (or None, for `np.matmul`), and `batched_matmul` takes any `Tile`,
+so the tests run the AVX2 shapes on an AVX-512 machine too. Where that CPU has
+neither AVX-512 nor AVX2 + FMA, `HOST` is None and callers use `np.matmul`.
 
 Measured on the 2-core Zen4 (float32, GFLOP/s, 36 GEMMs K x C by C x T, narrow tile /
 wide tile / np.matmul): 512x512 by 32: 146 / 110 / 91; 256x256 by 128: 137 / 127 / 120;
