@@ -58,9 +58,6 @@ class Tile(NamedTuple):
     rows: int
     vectors: int
 
-    def columns(self, itemsize):
-        return self.vectors * self.vector_bytes // itemsize
-
 
 class HostTiles(NamedTuple):
     """The host's two tile shapes: `narrow` for GEMMs of few columns (T), `wide` (more
