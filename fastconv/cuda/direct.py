@@ -31,6 +31,7 @@ kernel per dtype and block shape serves every layer.
 from __future__ import annotations
 
 import numpy as np
+import numba
 from numba import cuda
 
 from . import _kernels
@@ -43,6 +44,12 @@ _NUMBA_DTYPES = {"float32": "float32", "float64": "float64"}
 def _nb_dtype(name):
     import numba
     return getattr(numba, _NUMBA_DTYPES[name])
+
+
+# Shared-memory indices are cast to unsigned: numba wraps every signed index
+# (a negative index counts from the end), which costs each load an extra address
+# computation in the inner loops. The indices cast are never negative.
+u64 = numba.uint64
 
 
 # --------------------------------------------------------------------------
@@ -134,8 +141,8 @@ def _make_forward(dtype_name: str, KB: int, PX: int):
                                 wbase = (cc * kh + p) * kw + q
                                 for j in range(PX):
                                     if use_smem:
-                                        xv = s_x[(cc * pr + ty * sh + p * dh) * pc
-                                                 + (tx + j * tw) * sw + q * dw]
+                                        xv = s_x[u64((cc * pr + ty * sh + p * dh) * pc
+                                                     + (tx + j * tw) * sw + q * dw)]
                                     else:
                                         ir = oh * sh - pt + p * dh
                                         ic = (ow0 + j * tw) * sw - pl + q * dw
@@ -144,7 +151,7 @@ def _make_forward(dtype_name: str, KB: int, PX: int):
                                             xv = x[n, cbase + cc, ir, ic]
                                     for kk in range(KB):
                                         acc[kk * PX + j] += (
-                                            s_w[kk * cc_chunk * kh * kw + wbase] * xv)
+                                            s_w[u64(kk * cc_chunk * kh * kw + wbase)] * xv)
                 cuda.syncthreads()
             if oh < out_h:
                 # constant trip counts (KB, PX) keep acc in registers once unrolled
@@ -287,10 +294,10 @@ def _make_grad_input(dtype_name: str, CB: int, PX: int):
                                 if ow >= out_w or iw0 + j * tw >= width:
                                     continue
                                 for kc in range(nkc):
-                                    go = grad_out[n, g * kg + k0 + kc, oh, ow]
+                                    go = grad_out[u64(n), u64(g * kg + k0 + kc), u64(oh), u64(ow)]
                                     wb = ((kc * CB) * kh + p) * kw + q
                                     for cb in range(CB):
-                                        acc[cb * PX + j] += go * s_w[wb + cb * kh * kw]
+                                        acc[cb * PX + j] += go * s_w[u64(wb + cb * kh * kw)]
                 cuda.syncthreads()
             if ih < height:
                 for cb in range(CB):
@@ -375,7 +382,7 @@ def _make_grad_weight(dtype_name: str, KB: int, KH: int, KW: int):
                 oh = pix // out_w
                 ow = pix % out_w
                 for kk in range(KB):
-                    gov[kk] = grad_out[n, k0 + kk, oh, ow] if kk < nk else zero
+                    gov[kk] = grad_out[u64(n), u64(k0 + kk), u64(oh), u64(ow)] if kk < nk else zero
                 for p in range(KH):
                     ir = oh * sh - pt + p * dh
                     row_inside = ir >= 0 and ir < height
@@ -385,19 +392,19 @@ def _make_grad_weight(dtype_name: str, KB: int, KH: int, KW: int):
                         # in grad_out then gives NaN (0 * Inf), as in PyTorch
                         xv = zero
                         if row_inside and ic >= 0 and ic < width:
-                            xv = x[n, cin, ir, ic]
+                            xv = x[u64(n), u64(cin), u64(ir), u64(ic)]
                         for kk in range(KB):
                             acc[kk * KHW + p * KW + q] += gov[kk] * xv
             # Fixed-order tree reduction of all NACC accumulators at once; the
             # store loop has a constant trip count, so acc can stay in registers.
             for a in range(NACC):
-                red[a * nt + tid] = acc[a]
+                red[u64(a * nt + tid)] = acc[a]
             cuda.syncthreads()
             step = nt // 2
             while step > 0:
                 if tid < step:
                     for a in range(NACC):
-                        red[a * nt + tid] += red[a * nt + tid + step]
+                        red[u64(a * nt + tid)] += red[u64(a * nt + tid + step)]
                 cuda.syncthreads()
                 step //= 2
             for a in range(tid, NACC, nt):

@@ -30,8 +30,12 @@ def _relu_backward_kernel(grad_out, x, grad_x):
     i = cuda.grid(1)
     step = cuda.gridsize(1)
     while i < x.size:
-        # torch's threshold_backward: a NaN x passes the gradient
-        grad_x[i] = 0 if x[i] <= 0 else grad_out[i]
+        # torch's threshold_backward: a NaN x passes the gradient. (Not a
+        # conditional expression: numba would type `0 if .. else float32` as float64.)
+        if x[i] <= 0:
+            grad_x[i] = 0
+        else:
+            grad_x[i] = grad_out[i]
         i += step
 
 

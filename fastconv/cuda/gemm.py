@@ -107,21 +107,23 @@ def _sm_count() -> int:
     return _SM_COUNT
 
 
-def choose_config(m: int, n: int, batch: int = 1) -> GemmConfig:
-    """The tile configuration for an (M x N) x batch problem.
+def choose_config(m: int, n: int, batch: int = 1, itemsize: int = 4) -> GemmConfig:
+    """The tile configuration for an (M x N) x batch problem of `itemsize`-byte floats.
 
     Under the simulator: SIM (a Python thread per CUDA thread). On a GPU: LARGE
     when it makes at least two 128x128 tiles per SM, else MEDIUM (more, smaller
     blocks fill the GPU better than a few big ones); WIDE (64x128) instead of
-    LARGE when M <= 64 (64 output channels: half of a 128-row tile would idle).
-    Untuned: see the module notes.
+    LARGE when M <= 64 (64 output channels: half of a 128-row tile would idle)
+    and for float64, whose 64 accumulators per thread would take 128 of the 255
+    registers: ptxas spills LARGE's float64 kernels (python -m
+    fastconv.cuda.resources). Untuned: see the module notes.
     """
     if _simulator():
         return SIM
     tiles = math.ceil(m / 128) * math.ceil(n / 128) * batch
     if tiles < 2 * _sm_count():
         return MEDIUM
-    return WIDE if m <= 64 else LARGE
+    return WIDE if m <= 64 or itemsize > 4 else LARGE
 
 
 def _simulator() -> bool:
@@ -149,6 +151,7 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
     LOADS_A = -(-BM * BK // THREADS)     # global->shared loads per thread per step
     LOADS_B = -(-BK * BN // THREADS)
     dt = numba.from_dtype(np.dtype(dtype_name))
+    u64 = numba.uint64
 
     @cuda.jit
     def gemm(A, B, C, bias, m_dim, n_dim, k_dim, batch,
@@ -164,9 +167,16 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
         bp = cuda.local.array(LOADS_B, dtype=numba.int64)
         va = cuda.local.array(LOADS_A, dtype=dt)     # the next tiles, in flight
         vb = cuda.local.array(LOADS_B, dtype=dt)
+        c_ok = cuda.local.array(TN, dtype=numba.boolean)    # epilogue: per column
+        c_img = cuda.local.array(TN, dtype=numba.int64)
+        c_pix = cuda.local.array(TN, dtype=numba.int64)
         tid = cuda.threadIdx.x
         tx = tid % TX
         ty = tid // TX
+        # Unsigned shared-memory indices: numba adds a negative-index wrap to
+        # every signed index, which costs the inner loop an address per load.
+        tx_u = u64(tx)
+        ty_u = u64(ty)
         m_tiles = (m_dim + BM - 1) // BM
         # Stored row counts per batch entry (for split operands).
         ra_rows = k_dim if trans_a else m_dim
@@ -210,16 +220,16 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
                             e = tid + s * THREADS
                             if e < BM * BK:
                                 if trans_a:
-                                    As[e // BM, e % BM] = va[s]
+                                    As[u64(e // BM), u64(e % BM)] = va[s]
                                 else:
-                                    As[e % BK, e // BK] = va[s]
+                                    As[u64(e % BK), u64(e // BK)] = va[s]
                         for s in range(LOADS_B):
                             e = tid + s * THREADS
                             if e < BK * BN:
                                 if trans_b:
-                                    Bs[e % BK, e // BK] = vb[s]
+                                    Bs[u64(e % BK), u64(e // BK)] = vb[s]
                                 else:
-                                    Bs[e // BN, e % BN] = vb[s]
+                                    Bs[u64(e // BN), u64(e % BN)] = vb[s]
                         cuda.syncthreads()
                     if t < n_steps:
                         k0 = t * BK
@@ -238,9 +248,9 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
                             if e < BM * BK and m < m_dim and k < k_dim:
                                 r = k if trans_a else m
                                 if split_a:
-                                    v = A[aq[s], g * ra_rows + r, ap[s]]
+                                    v = A[u64(aq[s]), u64(g * ra_rows + r), u64(ap[s])]
                                 else:
-                                    v = A[ga, r, m if trans_a else k]
+                                    v = A[u64(ga), u64(r), u64(m if trans_a else k)]
                             va[s] = v
                         # ---- op(B) tile k0 -> registers -------------------------
                         for s in range(LOADS_B):
@@ -257,9 +267,9 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
                             if e < BK * BN and n < n_dim and k < k_dim:
                                 r = n if trans_b else k
                                 if split_b:
-                                    v = B[bq[s], g * rb_rows + r, bp[s]]
+                                    v = B[u64(bq[s]), u64(g * rb_rows + r), u64(bp[s])]
                                 else:
-                                    v = B[gb, r, k if trans_b else n]
+                                    v = B[u64(gb), u64(r), u64(k if trans_b else n)]
                             vb[s] = v
                         # split columns along k move on by BK (no division)
                         if split_a and not trans_a:
@@ -277,33 +287,39 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
                     if t > 0:
                         for kk in range(BK):
                             for i in range(TM):
-                                ra[i] = As[kk, ty + i * TY]
+                                ra[i] = As[u64(kk), ty_u + u64(i * TY)]
                             for j in range(TN):
-                                rb[j] = Bs[kk, tx + j * TX]
+                                rb[j] = Bs[u64(kk), tx_u + u64(j * TX)]
                             for i in range(TM):
                                 for j in range(TN):
                                     acc[i, j] += ra[i] * rb[j]
                         cuda.syncthreads()
                 # ---- epilogue: alpha, beta, bias; only in-range outputs ---------
+                # NVVM keeps `acc` in registers only if every index into it is a
+                # constant after unrolling. This loop over rows is too big to
+                # unroll, so it always stores row 0 and then shifts the rows up
+                # (TM*TN register moves per row, against TM*TN*K FMAs).
+                for j in range(TN):
+                    n = col0 + tx + j * TX
+                    c_ok[j] = n < n_dim
+                    cc = oc + n
+                    c_img[j] = cc // lc if split_c else g
+                    c_pix[j] = cc % lc if split_c else n
                 for i in range(TM):
                     m = row0 + ty + i * TY
                     if m < m_dim:
                         row = g * m_dim + m
+                        crow = row if split_c else m
+                        shift = bias[row] if has_bias else dt(0)
                         for j in range(TN):
-                            n = col0 + tx + j * TX
-                            if n < n_dim:
-                                v = alpha * acc[i, j]
-                                if has_bias:
-                                    v += bias[row]
-                                if split_c:
-                                    cc = oc + n
-                                    if beta != 0:
-                                        v += beta * C[cc // lc, row, cc % lc]
-                                    C[cc // lc, row, cc % lc] = v
-                                else:
-                                    if beta != 0:
-                                        v += beta * C[g, m, n]
-                                    C[g, m, n] = v
+                            if c_ok[j]:
+                                v = alpha * acc[0, j] + shift
+                                if beta != 0:
+                                    v += beta * C[c_img[j], crow, c_pix[j]]
+                                C[c_img[j], crow, c_pix[j]] = v
+                    for r in range(TM - 1):
+                        for j in range(TN):
+                            acc[r, j] = acc[r + 1, j]
     return gemm
 
 
@@ -324,7 +340,7 @@ def launch(a, b, c, m, n, k, batch=1, *, trans_a=False, trans_b=False, alpha=1.0
     if m == 0 or n == 0 or batch == 0:
         return c
     dtype = np.dtype(c.dtype)
-    cfg = config or choose_config(m, n, batch)
+    cfg = config or choose_config(m, n, batch, dtype.itemsize)
     kern = _make_gemm(GemmConfig(*cfg), dtype.name, bool(trans_a), bool(trans_b),
                       split_a is not None, split_b is not None, split_c is not None)
     la, oa = split_a or (1, 0)

@@ -13,7 +13,7 @@ import fastconv as fc
 from fastconv import reference, shapes
 from fastconv.cuda import _kernels, direct, elementwise, pooling
 
-from .conftest import assert_close, assert_kernels_lower
+from .conftest import assert_close
 
 DTYPES = [np.float64, np.float32]
 
@@ -321,34 +321,6 @@ def test_api_empty_batch_on_device(on_device):
     out = fc.conv2d(on_device(x), on_device(w), algorithm="direct")
     assert _is_device(out) and tuple(out.shape) == (0, 3, 3, 3)
 
-
-# The simulator never types kernels for the GPU: lower every kernel of direct.py,
-# pooling.py, _kernels.py and elementwise.py for sm_80 (see conftest.assert_kernels_lower).
-_CASES = '''
-a3, a4, idx = arr(dt, 3), arr(dt, 4), arr(types.int64, 3)
-cases = [(direct._make_forward(name, kb, px), (a4, a4, arr(dt, 1), b, a4) + (i64,) * 11 + (b,))
-         for kb, px in ((4, 2), (2, 1), (1, 2))]
-cases += [(direct._make_grad_input(name, cb, px), (a4, a4, a4) + (i64,) * 9)
-          for cb, px in ((4, 2), (1, 1))]
-cases += [(direct._make_grad_weight(name, kb, kh, kw), (a4, a4, a4) + (i64,) * 9)
-          for kb, kh, kw in ((4, 3, 3), (1, 7, 7), (2, 1, 1))]
-cases += [(direct._make_sum_splits(name), (arr(dt, 2), arr(dt, 1))),
-          (pooling._make_max_forward(name, True, True), (a3, a3, idx) + (i64,) * 8),
-          (pooling._make_max_forward(name, False, True), (a3, a3, idx) + (i64,) * 8),
-          (pooling._make_max_forward(name, True, False), (a3, a3, a3) + (i64,) * 8),
-          (pooling._make_max_backward(name), (a3, idx, a3) + (i64,) * 8),
-          (pooling._make_avg_forward(name), (a3, a3) + (i64,) * 8 + (b, i64)),
-          (pooling._make_avg_backward(name), (a3, a3) + (i64,) * 8 + (b, i64)),
-          (_kernels._make_fill(name), (arr(dt, 1), dt)),
-          (elementwise._relu_kernel, (arr(dt, 1), arr(dt, 1))),
-          (elementwise._relu_backward_kernel, (arr(dt, 1),) * 3),
-          (elementwise._make_channel_sum(name), (a3, arr(dt, 1)))]
-return [(kernel, sig, True) for kernel, sig in cases]
-'''
-
-
-def test_kernels_lower_for_a_real_gpu():
-    assert_kernels_lower("from fastconv.cuda import _kernels, direct, elementwise, pooling", _CASES)
 
 
 def test_pooling_a_kernel_far_larger_than_the_input(on_device, to_host):

