@@ -82,11 +82,12 @@ def test_blocks_fit_the_default_shared_memory_and_registers(report):
 
 
 @pytest.mark.parametrize("label, dtype, least_fma_share", [
-    ("gemm LARGE plain", "float32", 0.6),     # 64 FFMA per 16 shared loads
-    ("gemm LARGE Sc", "float32", 0.6),
-    ("gemm WIDE plain", "float32", 0.5),
-    ("gemm MEDIUM plain", "float32", 0.4),
-    ("gemm WIDE plain", "float64", 0.5),
+    ("gemm LARGE plain", "float32", 0.8),     # 128 FFMA, 8 LDS.128 (two k steps)
+    ("gemm LARGE Sc", "float32", 0.8),
+    ("gemm LARGE TaSbSc", "float32", 0.8),
+    ("gemm WIDE plain", "float32", 0.7),
+    ("gemm MEDIUM plain", "float32", 0.65),
+    ("gemm WIDE plain", "float64", 0.7),
     ("direct forward KB=4 PX=2", "float32", 0.2),
 ])
 def test_inner_loops_are_multiply_adds(report, label, dtype, least_fma_share):

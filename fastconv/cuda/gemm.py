@@ -7,10 +7,11 @@ The kernel is the classic register-blocked GEMM: a block of ``threads =
 the reduction dimension ``BK`` at a time. Each step the block copies a ``BM x BK``
 tile of op(A) and a ``BK x BN`` tile of op(B) into shared memory (zeros outside
 the matrices, so partial edge tiles need no special case), then every thread
-accumulates its ``TM x TN`` outputs in registers from ``TM + TN`` shared loads per
-``k`` (outer product). The thread-to-output map is interleaved (thread ``(ty, tx)``
-owns rows ``ty + i*BM/TM`` and columns ``tx + j*BN/TN``), so a warp's shared loads
-of B are consecutive words (no bank conflicts) and its stores to C are coalesced.
+accumulates its ``TM x TN`` outputs in registers from ``TM + TN`` shared values per
+``k`` (outer product). A thread owns runs of 4 adjacent rows and runs of 4 adjacent
+columns (thread ``(ty, tx)``: rows ``4*ty + r*BM/2 + 0..3`` for ``TM = 8``), so each
+run is one 16-byte shared load (LDS.128) and a quarter-warp's loads of B cover all
+32 banks once.
 
 The tile sizes are compile-time constants of a memoised kernel factory
 (``_make_gemm``); a :class:`GemmConfig` names them. ``LARGE`` (128x128x8, 8x8 per
@@ -37,21 +38,38 @@ Every operand is a 3-D numba device array (any strides: views are fine). The
   im2col's forward writes its GEMM result straight into the output, grad_input
   reads grad_out in place, grad_weight reduces over ``(image, pixel)``.
 
-Tuning notes (none of this was measured: the project was written without a GPU)
----------------------------------------------------------------------------------
+Tuning notes (none of this was timed: the project was written without a GPU)
+-------------------------------------------------------------------------------
+``python -m fastconv.cuda.resources --match gemm`` compiles the kernels with NVVM
+and ptxas for sm_90 without a GPU. With LARGE, float32: 199-232 registers (one
+256-thread block per SM), no local memory, and an inner loop of 128 FFMA and 8
+LDS.128 in 149 instructions (86% FMA). Three things got it there, each visible in
+that report:
+
+- every index into ``acc`` is a constant after unrolling (the epilogue shifts
+  rows instead of indexing them), or NVVM keeps ``acc`` in local memory;
+- shared-memory indices are unsigned: numba wraps signed indices (a negative
+  index counts from the end), an extra address computation per load that also
+  hides the runs of 4 from NVVM's load vectoriser;
+- the k loop runs in pairs, the largest body NVVM still unrolls.
+
+Next steps, to be decided by timing on a GPU:
+
 - The main loop is software-pipelined through registers: the global loads of
   tile t are issued before the FMAs of tile t-1 (``va``/``vb``). Two shared
   buffers (ping-pong, one ``syncthreads`` per step instead of two) are the next
   step; measure first.
-- Numba emits scalar loads: ``float4``-style vector loads of the shared tiles
-  (``LDS.128``) would cut shared-load instructions 4x; one way is to declare the
-  shared tiles with a trailing axis of 4 and read whole rows.
+- ``cuda.jit(launch_bounds=(256, 2))`` caps LARGE at 128 registers for two
+  blocks per SM; ptxas then spills about 150 bytes, outside the FMA loop.
+- The stores of C write 4-byte words 16 bytes apart per instruction (runs of 4
+  per thread); staging the tile through shared memory would make them whole
+  128-byte lines.
 - ``LARGE`` vs ``MEDIUM`` is chosen by tile count against the SM count
   (:func:`choose_config`); a 128x64 / 64x128 config and split-K (for grad_weight,
   whose reduction N*H*W is long while M x N is small) are the next candidates.
 - Split operands cost no division in the main loop: each thread's load slots
   keep their (image, pixel) and step it by ``BK`` (``aq/ap``, ``bq/bp``); the
-  epilogue of a split C divides once per output.
+  epilogue of a split C divides once per column of a thread.
 - Block swizzling (walking tiles in groups of rows) improves L2 reuse at 4096^2.
 """
 from __future__ import annotations
@@ -142,6 +160,15 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
     THREADS = cfg.threads
     TX = BN // TN          # threads along n
     TY = BM // TM          # threads along m
+    # A thread's TM rows come in runs of VM = 4 adjacent rows, the runs RUN_M =
+    # BM/(TM/VM) apart (columns likewise): NVVM then reads each run from shared
+    # memory with one vector load (LDS.128), and a quarter-warp's vector loads
+    # of B cover 32 distinct banks. Row i of thread (ty, tx) is
+    # ty*VM + (i // VM)*RUN_M + i % VM of the tile.
+    VM, VN = min(4, TM), min(4, TN)
+    assert TM % VM == 0 and TN % VN == 0 and BK % 2 == 0, cfg
+    RUN_M, RUN_N = BM // (TM // VM), BN // (TN // VN)
+    ALIGN = None if _simulator() else 16   # 16-byte vector loads; the simulator refuses
     # Pad the shared tile whose global reads run along k (stored row-major with k
     # contiguous): consecutive threads then store to different banks.
     PAD_A = 0 if trans_a else 4
@@ -156,8 +183,8 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
     @cuda.jit
     def gemm(A, B, C, bias, m_dim, n_dim, k_dim, batch,
              la, oa, lb, ob, lc, oc, alpha, beta, has_bias):
-        As = cuda.shared.array(A_TILE, dtype=dt)
-        Bs = cuda.shared.array(B_TILE, dtype=dt)
+        As = cuda.shared.array(A_TILE, dtype=dt, alignment=ALIGN)
+        Bs = cuda.shared.array(B_TILE, dtype=dt, alignment=ALIGN)
         acc = cuda.local.array((TM, TN), dtype=dt)
         ra = cuda.local.array(TM, dtype=dt)
         rb = cuda.local.array(TN, dtype=dt)
@@ -175,8 +202,8 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
         ty = tid // TX
         # Unsigned shared-memory indices: numba adds a negative-index wrap to
         # every signed index, which costs the inner loop an address per load.
-        tx_u = u64(tx)
-        ty_u = u64(ty)
+        row_1 = u64(ty * VM)      # this thread's first row (column) in a tile
+        col_1 = u64(tx * VN)
         m_tiles = (m_dim + BM - 1) // BM
         # Stored row counts per batch entry (for split operands).
         ra_rows = k_dim if trans_a else m_dim
@@ -285,14 +312,17 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
                                     bp[s] -= lb
                                     bq[s] += 1
                     if t > 0:
-                        for kk in range(BK):
-                            for i in range(TM):
-                                ra[i] = As[u64(kk), ty_u + u64(i * TY)]
-                            for j in range(TN):
-                                rb[j] = Bs[u64(kk), tx_u + u64(j * TX)]
-                            for i in range(TM):
+                        # k in pairs: NVVM unrolls the inner pair (not all of BK),
+                        # which halves the loop's overhead per FMA
+                        for k2 in range(0, BK, 2):
+                            for kk in range(k2, k2 + 2):
+                                for i in range(TM):
+                                    ra[i] = As[u64(kk), row_1 + u64((i // VM) * RUN_M + i % VM)]
                                 for j in range(TN):
-                                    acc[i, j] += ra[i] * rb[j]
+                                    rb[j] = Bs[u64(kk), col_1 + u64((j // VN) * RUN_N + j % VN)]
+                                for i in range(TM):
+                                    for j in range(TN):
+                                        acc[i, j] += ra[i] * rb[j]
                         cuda.syncthreads()
                 # ---- epilogue: alpha, beta, bias; only in-range outputs ---------
                 # NVVM keeps `acc` in registers only if every index into it is a
@@ -300,13 +330,13 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
                 # unroll, so it always stores row 0 and then shifts the rows up
                 # (TM*TN register moves per row, against TM*TN*K FMAs).
                 for j in range(TN):
-                    n = col0 + tx + j * TX
+                    n = col0 + tx * VN + (j // VN) * RUN_N + j % VN
                     c_ok[j] = n < n_dim
                     cc = oc + n
                     c_img[j] = cc // lc if split_c else g
                     c_pix[j] = cc % lc if split_c else n
                 for i in range(TM):
-                    m = row0 + ty + i * TY
+                    m = row0 + ty * VM + (i // VM) * RUN_M + i % VM
                     if m < m_dim:
                         row = g * m_dim + m
                         crow = row if split_c else m
