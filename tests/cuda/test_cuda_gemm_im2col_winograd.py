@@ -147,6 +147,33 @@ def test_gemm_configs_are_consistent():
     assert gemm.LARGE.threads == gemm.MEDIUM.threads == gemm.WIDE.threads == 256
 
 
+@pytest.mark.parametrize("cfg", ["LARGE", "WIDE", "MEDIUM"])
+def test_loaded_gemm_keeps_its_accumulators_in_registers(on_device, to_host, rng, cfg):
+    """On a GPU: what numba loads is what fastconv.cuda.resources reported (no local
+    memory, registers within a few of ptxas's count for the same kernel)."""
+    if interop.simulated():
+        pytest.skip("the simulator has no registers: tests/test_cuda_resources.py "
+                    "checks the compiled kernels without a GPU")
+    from numba import cuda
+    from fastconv.cuda import resources
+    config_ = getattr(gemm, cfg)
+    a = rng.standard_normal((1, 300, 200)).astype(np.float32)
+    b = rng.standard_normal((1, 200, 260)).astype(np.float32)
+    c = gemm.matmul(on_device(a), on_device(b), config=config_)
+    np.testing.assert_allclose(to_host(c), a @ b, rtol=1e-4, atol=1e-3)
+    kernel = gemm._make_gemm(config_, "float32", False, False, False, False, False)
+
+    def most(per_signature):     # an int for one specialisation, else a dict of them
+        return max(per_signature.values()) if isinstance(per_signature, dict) else per_signature
+
+    assert most(kernel.get_local_mem_per_thread()) == 0
+    spec = next(s for s in resources.specs("float32") if s.label == f"gemm {cfg} plain")
+    cc = cuda.get_current_device().compute_capability
+    if resources.toolchain_missing() is None:
+        static = resources.assemble(resources.compile_ptx(spec, cc), cc)
+        assert abs(most(kernel.get_regs_per_thread()) - static.registers) <= 16
+
+
 def test_gemm_config_rule_on_a_gpu(monkeypatch):
     monkeypatch.setattr(gemm, "_simulator", lambda: False)
     monkeypatch.setattr(gemm, "_SM_COUNT", 132)
