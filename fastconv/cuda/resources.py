@@ -9,11 +9,12 @@ GPU or driver:
 - :func:`lower`: numba's CUDA typing and LLVM IR (needs only numba-cuda);
 - :func:`compile_ptx`: NVVM (the ``nvidia-nvvm`` and ``nvidia-cuda-nvrtc`` wheels);
 - :func:`assemble`: ``ptxas -v`` for the target (the ``nvidia-cuda-nvcc`` wheel):
-  registers, stack frame, spills, static shared memory; and, with ``cuobjdump``,
-  the innermost FMA loop of the machine code (:func:`hot_loop`).
+  registers, stack frame, spills, static shared memory; and, with ``cuobjdump`` and
+  ``nvdisasm`` (their wheels), the innermost FMA loop of the machine code
+  (:func:`hot_loop`).
 
 ``python -m fastconv.cuda.resources [--cc 9.0] [--dtype float32]`` prints the table
-that docs/cuda.md records; tests/cuda/test_resources.py asserts on it.
+that docs/cuda.md records; tests/test_cuda_resources.py asserts on it.
 
 Kernels that ask for the current device's compute capability (device functions)
 are compiled under :func:`_target`, which answers for the requested target.
@@ -158,7 +159,7 @@ def compile_ptx(spec: Spec, cc=(9, 0)) -> str:
 
 
 def tool(name: str) -> str | None:
-    """Path of a CUDA toolkit binary (ptxas, cuobjdump), or None."""
+    """Path of a CUDA toolkit binary (ptxas, cuobjdump, nvdisasm), or None."""
     try:
         from cuda.pathfinder import find_nvidia_binary_utility
         found = find_nvidia_binary_utility(name)
@@ -214,13 +215,17 @@ def hot_loop(cubin_path: str) -> tuple[int, int] | None:
 
     A loop is a backward branch in the SASS that cuobjdump prints; the innermost
     multiply-add loop of a GEMM or convolution kernel is what this finds. None when
-    cuobjdump is missing or the kernel has no such loop.
+    cuobjdump or nvdisasm is missing or the kernel has no such loop.
     """
-    cuobjdump = tool("cuobjdump")
-    if cuobjdump is None:
+    cuobjdump, nvdisasm = tool("cuobjdump"), tool("nvdisasm")
+    if cuobjdump is None or nvdisasm is None:       # cuobjdump runs nvdisasm
         return None
-    sass = subprocess.run([cuobjdump, "-sass", cubin_path], capture_output=True, text=True,
-                          timeout=300).stdout
+    env = dict(os.environ, NVDISASM_PATH=os.path.dirname(nvdisasm))
+    done = subprocess.run([cuobjdump, "-sass", cubin_path], capture_output=True, text=True,
+                          env=env, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"cuobjdump failed: {done.stderr[-2000:]}")
+    sass = done.stdout
     code = [(int(m.group(1), 16), m.group(2)) for m in
             re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
     position = {address: i for i, (address, _) in enumerate(code)}
