@@ -205,15 +205,25 @@ class _ConvProblem:
     def geometry(self):
         return self.stride, self.padding, self.dilation, self.groups
 
-    def backend(self, device, algorithm, operation="conv2d", operands=()):
+    def backend(self, device, algorithm, operation="conv2d", operands=(), weight=None):
         """The backend module for `algorithm`. `operands` are the arrays whose
         values `auto` may look at: Winograd mixes whole tiles, so a NaN or Inf
-        would spread to outputs that PyTorch leaves finite; `auto` then takes im2col."""
+        would spread to outputs that PyTorch leaves finite; `auto` then takes im2col.
+        `weight` (C-contiguous, CPU forward): `auto` takes Winograd on layers where it
+        wins only with a kept filter when these weights repeat an earlier call's."""
         if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
         if algorithm == "auto":
             algorithm, _ = choose_algorithm(device, self.x_shape, self.w_shape, self.stride,
                                             self.dilation, self.groups, operation)
+            if (weight is not None and algorithm != "winograd"
+                    and autotune.winograd_with_kept_filter(
+                        device, self.x_shape, self.w_shape, self.stride, self.dilation,
+                        self.groups, operation)):
+                from .cpu import winograd
+                tile = self._backend_options(device, "winograd", operation)["tile"]
+                if winograd.weights_repeat(weight, tile):
+                    algorithm = "winograd"
             if algorithm == "winograd" and not all(map(_all_finite, operands)):
                 algorithm = "im2col"
         elif algorithm == "winograd":
@@ -307,11 +317,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
         raise ValueError(
             f"bias must have shape ({w.shape[0]},) to match weight's output channels, "
             f"got {tuple(arrays['bias'].shape)}")
-    module, options = problem.backend(arrays.device, algorithm, "conv2d", (x4, w))
+    weight_c = arrays.contiguous("weight")
+    module, options = problem.backend(arrays.device, algorithm, "conv2d", (x4, w),
+                                      weight_c if arrays.device == "cpu" else None)
     if x4.shape[0] == 0:
         return arrays.give_back(arrays.empty(problem.out_shape), squeeze)
     x4 = _batched(arrays.contiguous("x"), "x")[0]
-    out = _call(module, "conv2d", arrays, x4, arrays.contiguous("weight"),
+    out = _call(module, "conv2d", arrays, x4, weight_c,
                 arrays.contiguous("bias"), problem.stride, problem.padding,
                 problem.dilation, problem.groups, problem.out_hw, **options)
     return arrays.give_back(out, squeeze)

@@ -24,6 +24,18 @@ WINOGRAD_MIN_CHANNELS_CUDA = 32
 # 6.3 / 7.1; 16x512x7x7 25.8 / 21.5), so the threshold stays at 1024.
 # resnet50_14 (8x256x14x14, 1568 pixels): F(4x4) 5.6-7.1 ms, F(2x2) 8.1-10.5, im2col 11.8-13.4.
 WINOGRAD_MIN_PIXELS = 1024             # N * out_h * out_w
+# ... unless the call repeats an earlier call's weights (inference, evaluation; seen by
+# cpu.winograd.weights_repeat): the kept filter then costs no transform, and Winograd
+# wins from fewer pixels, as long as reading its transformed filter (alpha^2 / 9 = 4x
+# the weights for F(4x4)) is small against the GEMM it saves and there are enough
+# channels for the input/output transforms. Measured interleaved (2026-11-30, fifth
+# session; ms im2col / Winograd F(4x4) with the filter kept; C_in = C_out):
+#   C=512: 49 px 2.61/6.29, 98 4.16/6.54, 196 7.19/6.91, 392 12.9/7.42, 784 26.7/11.9
+#   C=256: 196 px 1.98/2.39, 392 3.61/2.81, 784 7.16/4.31
+#   C=128: 784 px 2.03/1.79
+#   C=64:  392 px 0.52/0.62 (2x64x14x14) and 0.60/0.66 (8x64x7x7), 784 0.63/0.76
+KEPT_FILTER_MIN_PIXELS = 384
+KEPT_FILTER_MIN_WORK = 2**23           # groups * C_in/g * C_out/g * pixels
 # ... and, for 3x3 kernels, enough GEMM work: groups * C_in/group * C_out/group * pixels.
 # Measured interleaved with the GEMM micro-kernel (2026-11-30, fourth session; ms im2col /
 # Winograd, the weights changed before every call as in training, C_in = C_out):
@@ -84,6 +96,21 @@ MEASURED = {
 }
 
 
+def winograd_with_kept_filter(device, x_shape, w_shape, stride, dilation, groups,
+                              operation="conv2d"):
+    """True for the layers where `choose` takes im2col only because a filter transform
+    per call would dominate, and where Winograd with a kept filter measured faster:
+    `auto` then runs Winograd for calls that repeat an earlier call's weights."""
+    n, c_in, h, w = x_shape
+    c_out, c_per_group, kh, kw = w_shape
+    pixels = n * h * w
+    return (device == "cpu" and operation == "conv2d" and (kh, kw) == (3, 3)
+            and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+            and min(c_per_group, c_out // groups) >= WINOGRAD_MIN_CHANNELS
+            and KEPT_FILTER_MIN_PIXELS <= pixels < WINOGRAD_MIN_PIXELS
+            and groups * c_per_group * (c_out // groups) * pixels >= KEPT_FILTER_MIN_WORK)
+
+
 def _is_depthwise(x_shape, w_shape, groups):
     return groups > 1 and groups == x_shape[1] and w_shape[1] == 1
 
@@ -136,8 +163,12 @@ def choose(device, x_shape, w_shape, stride, dilation, groups, operation="conv2d
                               "per group are too few to amortise Winograd's transforms")
         pixels = n * h * w
         if pixels < WINOGRAD_MIN_PIXELS:
+            again = ("; a call that repeats an earlier call's weights runs Winograd with "
+                     "the transformed filter kept" if winograd_with_kept_filter(
+                         device, x_shape, w_shape, stride, dilation, groups, operation)
+                     else "")
             return "im2col", (f"{size} stride 1, but only {pixels} pixels: Winograd's filter "
-                              "transform would dominate (resnet50_7 measured)")
+                              f"transform would dominate (resnet50_7 measured){again}")
         work = groups * c_per_group * k_per_group * pixels
         if (kh, kw) == (3, 3) and work < WINOGRAD_MIN_WORK_3X3:
             return "im2col", (f"3x3 stride 1, but {c_per_group} x {k_per_group} channels over "

@@ -160,3 +160,42 @@ def test_inputs_are_never_written(algorithm, rng):
     fc.conv2d_grad_weight(go, x, w.shape, padding=1, algorithm=algorithm)
     fc.max_pool2d_backward(np.ones((2, 4, 4, 4), np.float32), x, 2)
     fc.avg_pool2d(x, 3, 1, 1)
+
+
+def test_auto_takes_winograd_when_the_weights_repeat(rng, monkeypatch):
+    """A layer with too few pixels for Winograd's per-call filter transform runs im2col,
+    until a call repeats an earlier call's weights (inference): then Winograd with the
+    kept filter. Weights changed in place (a training step) go back to im2col."""
+    from fastconv.cpu import winograd
+    winograd.release_workspace()
+    picked = []
+    module_of = api._module
+    monkeypatch.setattr(api, "_module",
+                        lambda device, algorithm: picked.append(algorithm) or module_of(device, algorithm))
+    x = rng.standard_normal((1, 128, 24, 24)).astype(np.float32)   # 576 pixels, 9.4 M
+    w = rng.standard_normal((128, 128, 3, 3)).astype(np.float32)
+    expected = reference.conv2d(x, w, None, (1, 1), (1, 1, 1, 1))
+    assert "repeats an earlier call's weights" in fc.explain(x.shape, w.shape, padding=1)
+    outputs = [fc.conv2d(x, w, padding=1) for _ in range(3)]
+    w *= 1.5                                    # a training step, in place
+    outputs.append(fc.conv2d(x, w, padding=1) / 1.5)
+    w2 = w.copy()                               # new array, same values: not a repeat
+    outputs.append(fc.conv2d(x, w2, padding=1) / 1.5)
+    assert picked == ["im2col", "winograd", "winograd", "im2col", "im2col"]
+    for out in outputs:
+        np.testing.assert_allclose(out, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    winograd.release_workspace()
+
+
+def test_auto_keeps_im2col_where_a_kept_filter_does_not_win():
+    from fastconv import autotune
+    rule = autotune.winograd_with_kept_filter
+    assert rule("cpu", (8, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), 1)
+    assert rule("cpu", (2, 256, 14, 14), (256, 256, 3, 3), (1, 1), (1, 1), 1)
+    assert not rule("cpu", (4, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), 1)   # 196 px
+    assert not rule("cpu", (8, 64, 7, 7), (64, 64, 3, 3), (1, 1), (1, 1), 1)       # 1.6 M
+    assert not rule("cpu", (8, 512, 7, 7), (512, 512, 3, 3), (2, 2), (1, 1), 1)
+    assert not rule("cuda", (8, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), 1)
+    assert not rule("cpu", (8, 512, 7, 7), (512, 512, 3, 3), (1, 1), (1, 1), 1,
+                    "conv2d_grad_input")
+    assert "repeats" not in fc.explain((4, 512, 7, 7), (512, 512, 3, 3), padding=1)

@@ -621,6 +621,7 @@ def release_workspace():
     _pool.buffers = {}
     with _filters_lock:
         _filters.clear()
+        _sightings.clear()
 
 
 # Transformed filters kept between calls, so that a convolution called again with the
@@ -676,6 +677,40 @@ def _kept_filter(weight, tile):
         while sum(w.nbytes + u.nbytes for w, u in _filters.values()) > FILTER_CACHE_BYTES:
             _filters.popitem(last=False)
     return U
+
+
+# `auto` on layers where a per-call filter transform would cost more than Winograd saves
+# (autotune.winograd_with_kept_filter): Winograd wins there only when the transform is
+# kept, i.e. when the same weights come back (inference, evaluation, frozen layers). A
+# call tells that from the weights themselves: it records a sample of their values, and
+# a later call with the same array holding the same sampled values is taken to repeat
+# them. A training step changes the values, so training keeps im2col. A wrong guess
+# costs only speed: Winograd's kept filter is checked against the weights in full.
+SAMPLE_SIZE = 1024
+MAX_SIGHTINGS = 256
+_sightings = OrderedDict()      # (address, shape, dtype, tile) -> sampled bits, LRU
+
+
+def _sample(weight):
+    flat = weight.reshape(-1)
+    return _bits(np.ascontiguousarray(flat[::max(1, flat.size // SAMPLE_SIZE)]))
+
+
+def weights_repeat(weight, tile):
+    """True when C-contiguous `weight` is an array an earlier call used, with the same
+    sampled values: its transformed filter is kept, or an earlier call of this
+    function recorded them. Records this call's sample for the next one."""
+    key = (weight.ctypes.data, weight.shape, weight.dtype.str, tile)
+    sample = _sample(weight)
+    with _filters_lock:
+        entry = _filters.get(key)
+        if entry is not None:
+            return np.array_equal(_sample(entry[0]), sample)
+        previous = _sightings.pop(key, None)
+        _sightings[key] = sample
+        while len(_sightings) > MAX_SIGHTINGS:
+            _sightings.popitem(last=False)
+    return previous is not None and np.array_equal(previous, sample)
 
 
 def transform_filter(weight, tile=DEFAULT_TILE, out=None):
