@@ -30,8 +30,8 @@ kernel per dtype and block shape serves every layer.
 """
 from __future__ import annotations
 
-import numpy as np
 import numba
+import numpy as np
 from numba import cuda
 
 from . import _kernels
@@ -46,9 +46,9 @@ def _nb_dtype(name):
     return getattr(numba, _NUMBA_DTYPES[name])
 
 
-# Shared-memory indices are cast to unsigned: numba wraps every signed index
-# (a negative index counts from the end), which costs each load an extra address
-# computation in the inner loops. The indices cast are never negative.
+# Indices known to be non-negative are cast to unsigned in the inner loops: numba
+# wraps every signed index (a negative index counts from the end), which costs each
+# load an extra address computation (python -m fastconv.cuda.resources shows it).
 u64 = numba.uint64
 
 
@@ -382,7 +382,9 @@ def _make_grad_weight(dtype_name: str, KB: int, KH: int, KW: int):
                 oh = pix // out_w
                 ow = pix % out_w
                 for kk in range(KB):
-                    gov[kk] = grad_out[u64(n), u64(k0 + kk), u64(oh), u64(ow)] if kk < nk else zero
+                    gov[kk] = zero
+                    if kk < nk:
+                        gov[kk] = grad_out[u64(n), u64(k0 + kk), u64(oh), u64(ow)]
                 for p in range(KH):
                     ir = oh * sh - pt + p * dh
                     row_inside = ir >= 0 and ir < height
