@@ -27,6 +27,9 @@ For the other CUDA modules
   for gather-style backward kernels.
 - ``SHARED_BYTES``: the static/dynamic shared-memory budget a kernel may plan for
   (48 KiB: the default per-block limit without opt-in).
+- ``u64``: cast an index known to be non-negative to unsigned. Numba wraps every
+  signed index (a negative index counts from the end), which costs an access an
+  extra address computation; ``python -m fastconv.cuda.resources`` shows the cost.
 
 Nothing here converts arrays between libraries: that is ``interop``'s job.
 """
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import functools
 
+import numba
 import numpy as np
 from numba import cuda
 
@@ -41,6 +45,7 @@ from .. import shapes
 from .interop import simulated
 
 SHARED_BYTES = 48 * 1024
+u64 = numba.uint64          # see the module docstring
 MAX_BLOCKS_1D = 65535 * 8   # grid-stride loops cover the rest
 MAX_GRID_YZ = 65535
 
@@ -128,4 +133,4 @@ def grid_yz(n: int) -> int:
 
 __all__ = ["kernel_factory", "cdiv", "pow2_at_least", "pow2_at_most", "stream_or_default",
            "launch_1d", "empty", "zeros", "fill", "grid_yz", "split_index", "output_of_tap",
-           "SHARED_BYTES"]
+           "SHARED_BYTES", "u64"]

@@ -30,13 +30,12 @@ kernel per dtype and block shape serves every layer.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import cuda
 
 from . import _kernels
 from ._kernels import (SHARED_BYTES, cdiv, kernel_factory, pow2_at_least, pow2_at_most,
-                       stream_or_default)
+                       stream_or_default, u64)
 
 _NUMBA_DTYPES = {"float32": "float32", "float64": "float64"}
 
@@ -45,11 +44,6 @@ def _nb_dtype(name):
     import numba
     return getattr(numba, _NUMBA_DTYPES[name])
 
-
-# Indices known to be non-negative are cast to unsigned in the inner loops: numba
-# wraps every signed index (a negative index counts from the end), which costs each
-# load an extra address computation (python -m fastconv.cuda.resources shows it).
-u64 = numba.uint64
 
 
 # --------------------------------------------------------------------------

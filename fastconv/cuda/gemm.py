@@ -81,7 +81,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from ._kernels import kernel_factory, stream_or_default
+from ._kernels import kernel_factory, stream_or_default, u64
 
 MAX_GRID_YZ = 65535
 
@@ -178,7 +178,6 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
     LOADS_A = -(-BM * BK // THREADS)     # global->shared loads per thread per step
     LOADS_B = -(-BK * BN // THREADS)
     dt = numba.from_dtype(np.dtype(dtype_name))
-    u64 = numba.uint64
 
     @cuda.jit
     def gemm(A, B, C, bias, m_dim, n_dim, k_dim, batch,

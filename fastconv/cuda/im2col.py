@@ -44,7 +44,7 @@ from numba import cuda
 
 from ..config import config
 from . import gemm
-from ._kernels import empty, fill, kernel_factory, launch_1d, stream_or_default
+from ._kernels import empty, fill, kernel_factory, launch_1d, stream_or_default, u64
 
 # A column chunk narrower than this would underfill the GEMM tiles: split the
 # groups, then the rows, before going below it.
@@ -121,8 +121,8 @@ def _make_im2col(dtype_name: str):
                     iw = iw0 + q * dw
                     v = dt(0)
                     if ih >= 0 and ih < height and iw >= 0 and iw < width:
-                        v = x[n, (g0 + g) * cg_ + cl, ih, iw]
-                    cols[g, r, j] = v
+                        v = x[u64(n), u64((g0 + g) * cg_ + cl), u64(ih), u64(iw)]
+                    cols[u64(g), u64(r), u64(j)] = v
                     # next row: (c, p, q) counters; at the end of a group, restart
                     r += 1
                     q += 1
@@ -198,11 +198,11 @@ def _make_col2im(dtype_name: str):
                     rr = (cg * kh + p) * kw + q - r0
                     jj = n * plane + oh * out_w + ow - j0
                     if rr >= 0 and rr < rc and jj >= 0 and jj < jc:
-                        acc += cols[g, rr, jj]
+                        acc += cols[u64(g), u64(rr), u64(jj)]
             if accumulate:
-                gx[n, c, h, w] += acc
+                gx[u64(n), u64(c), u64(h), u64(w)] += acc
             else:
-                gx[n, c, h, w] = acc
+                gx[u64(n), u64(c), u64(h), u64(w)] = acc
             i += step
     return col2im
 

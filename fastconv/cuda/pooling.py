@@ -22,7 +22,7 @@ import numpy as np
 from numba import cuda
 
 from . import _kernels
-from ._kernels import (kernel_factory, output_of_tap, split_index, stream_or_default,
+from ._kernels import (kernel_factory, output_of_tap, split_index, stream_or_default, u64,
                        valid_range)
 
 
@@ -50,7 +50,7 @@ def _make_max_forward(dtype_name: str, write_values: bool, write_indices: bool):
                 r = oh * sh - pt + p * dh
                 for q in range(q0, q1):
                     c = ow * sw - pl + q * dw
-                    v = x[plane, r, c]
+                    v = x[u64(plane), u64(r), u64(c)]
                     # strictly greater keeps the first maximum; a NaN replaces
                     # anything (the last NaN wins, as PyTorch); the first valid element
                     # is taken in any case (all -inf windows).
@@ -58,9 +58,9 @@ def _make_max_forward(dtype_name: str, write_values: bool, write_indices: bool):
                         best = v
                         best_index = r * width + c
             if write_values:
-                values[plane, oh, ow] = best
+                values[u64(plane), u64(oh), u64(ow)] = best
             if write_indices:
-                indices[plane, oh, ow] = best_index
+                indices[u64(plane), u64(oh), u64(ow)] = best_index
             i += step
 
     return max_forward
@@ -95,9 +95,9 @@ def _make_max_backward(dtype_name: str):
                     ow = output_of_tap(c, q, pl, dw, sw, out_w)
                     if ow < 0:
                         continue
-                    if indices[plane, oh, ow] == me:
-                        acc += grad_out[plane, oh, ow]
-            gx[plane, r, c] = acc
+                    if indices[u64(plane), u64(oh), u64(ow)] == me:
+                        acc += grad_out[u64(plane), u64(oh), u64(ow)]
+            gx[u64(plane), u64(r), u64(c)] = acc
             i += step
 
     return max_backward
@@ -144,8 +144,8 @@ def _make_avg_forward(dtype_name: str):
             acc = zero
             for r in range(h0, h1):
                 for c in range(w0, w1):
-                    acc += x[plane, r, c]
-            out[plane, oh, ow] = acc / cast(div)
+                    acc += x[u64(plane), u64(r), u64(c)]
+            out[u64(plane), u64(oh), u64(ow)] = acc / cast(div)
             i += step
 
     return avg_forward
@@ -181,8 +181,8 @@ def _make_avg_backward(dtype_name: str):
                     _, _, _, _, div = _avg_window(oh, ow, height, width, kh, kw, sh, sw,
                                                   pt, pb, pl, pr, count_include_pad,
                                                   divisor)
-                    acc += grad_out[plane, oh, ow] / cast(div)
-            gx[plane, r, c] = acc
+                    acc += grad_out[u64(plane), u64(oh), u64(ow)] / cast(div)
+            gx[u64(plane), u64(r), u64(c)] = acc
             i += step
 
     return avg_backward

@@ -59,7 +59,7 @@ from numba import cuda
 
 from ..config import config
 from . import gemm
-from ._kernels import empty, kernel_factory, launch_1d, stream_or_default
+from ._kernels import empty, kernel_factory, launch_1d, stream_or_default, u64
 
 TILES = (2, 4)
 
@@ -192,9 +192,9 @@ def _make_kernels(dtype_name: str, m: int):
             for p in range(3):
                 for q in range(3):
                     if flip:
-                        kern[p, q] = w[grp * ceg + ce, kl, 2 - p, 2 - q]
+                        kern[p, q] = w[u64(grp * ceg + ce), u64(kl), u64(2 - p), u64(2 - q)]
                     else:
-                        kern[p, q] = w[ke, ce, p, q]
+                        kern[p, q] = w[u64(ke), u64(ce), u64(p), u64(q)]
             for x in range(a):
                 for q in range(3):
                     s = 0.0
@@ -206,7 +206,7 @@ def _make_kernels(dtype_name: str, m: int):
                     s = 0.0
                     for q in range(3):
                         s += tmp[x, q] * gmat[y, q]
-                    u[(x * a + y) * groups + grp, kl, ce] = s
+                    u[u64((x * a + y) * groups + grp), u64(kl), u64(ce)] = s
             i += step
 
     @cuda.jit
@@ -230,13 +230,13 @@ def _make_kernels(dtype_name: str, m: int):
             h0 = (rest // tiles_w) * m - pt
             w0 = (rest % tiles_w) * m - pl
             for y in range(a):
+                hh = h0 + y
+                row_inside = tt < n_tiles and hh >= 0 and hh < height
                 for z in range(a):
-                    hh = h0 + y
                     ww = w0 + z
                     val = dt(0)
-                    if (tt < n_tiles and hh >= 0 and hh < height and ww >= 0
-                            and ww < width):
-                        val = x[n, c, hh, ww]
+                    if row_inside and ww >= 0 and ww < width:
+                        val = x[u64(n), u64(c), u64(hh), u64(ww)]
                     d[y, z] = val
             for y in range(a):
                 for z in range(a):
@@ -251,7 +251,7 @@ def _make_kernels(dtype_name: str, m: int):
                     s = dt(0)
                     for k in range(a):
                         s += tmp[y, k] * btm[z, k]
-                    v[(y * a + z) * groups + grp, cl, t] = s
+                    v[u64((y * a + z) * groups + grp), u64(cl), u64(t)] = s
             i += step
 
     @cuda.jit
@@ -278,7 +278,7 @@ def _make_kernels(dtype_name: str, m: int):
                 kl = k % keg
                 for y in range(a):
                     for z in range(a):
-                        e[y, z] = mm[(y * a + z) * groups + grp, kl, t]
+                        e[y, z] = mm[u64((y * a + z) * groups + grp), u64(kl), u64(t)]
                 for y in range(m):
                     for z in range(a):
                         s = dt(0)
@@ -293,7 +293,7 @@ def _make_kernels(dtype_name: str, m: int):
                                 s = dt(0)
                                 for j in range(a):
                                     s += tmp[y, j] * atm[z, j]
-                                out[n, k, h0 + y, w0 + z] = s + b
+                                out[u64(n), u64(k), u64(h0 + y), u64(w0 + z)] = s + b
             i += step
 
     return filter_transform, input_transform, output_transform
