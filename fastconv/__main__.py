@@ -39,6 +39,7 @@ def info() -> int:
               "(np.matmul where gemm.tile_for says it is faster)")
     usable, why = interop.cuda_available()
     print(f"cuda: {'usable' if usable else 'not usable'} ({why})")
+    print(f"cuda compilers: {_cuda_compilers()}")
     layers = [((8, 64, 56, 56), (64, 64, 3, 3), 1), ((8, 256, 56, 56), (64, 256, 1, 1), 0),
               ((8, 64, 56, 56), (64, 1, 3, 3), 1)]
     print("auto picks:")
@@ -49,6 +50,18 @@ def info() -> int:
             print("  " + api.explain(x_shape, w_shape, padding=padding, groups=groups,
                                      device="cuda"))
     return 0
+
+
+def _cuda_compilers() -> str:
+    """Whether the kernels can be compiled for a GPU here (no GPU needed)."""
+    try:
+        from .cuda import resources
+        missing = resources.toolchain_missing()
+    except Exception as exc:  # numba-cuda absent or broken: say so, info must not fail
+        return f"not usable ({type(exc).__name__}: {exc})"
+    if missing:
+        return f"not usable ({missing})"
+    return "NVVM and ptxas found: python -m fastconv.cuda.resources compiles every kernel"
 
 
 def check() -> int:

@@ -14,7 +14,7 @@ def test_info_names_versions_threads_cuda_and_auto():
     result = run("info")
     assert result.returncode == 0, result.stderr
     for word in ("fastconv", "numpy", "numba", "cpu threads", "cuda:", "auto picks", "winograd",
-                 "winograd GEMMs:"):
+                 "winograd GEMMs:", "cuda compilers:"):
         assert word in result.stdout, (word, result.stdout)
 
 
