@@ -199,8 +199,7 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
         tid = cuda.threadIdx.x
         tx = tid % TX
         ty = tid // TX
-        # Unsigned shared-memory indices: numba adds a negative-index wrap to
-        # every signed index, which costs the inner loop an address per load.
+        # unsigned shared-memory indices (_kernels.u64): no negative-index wrap
         row_1 = u64(ty * VM)      # this thread's first row (column) in a tile
         col_1 = u64(tx * VN)
         m_tiles = (m_dim + BM - 1) // BM
