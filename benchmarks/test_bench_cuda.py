@@ -282,7 +282,9 @@ def test_conv2d_grad_weight(benchmark, name, algorithm):
 GEMMS = {"sgemm_4096": (4096, np.float32), "dgemm_2048": (2048, np.float64)}
 
 
-@pytest.mark.parametrize("impl", ["fastconv", "cupy", "torch"])
+# fastconv-2blocks: gemm.LARGE_2, the LARGE tile capped at 128 registers for two
+# blocks per SM (spills outside the FMA loop), against LARGE's one block per SM.
+@pytest.mark.parametrize("impl", ["fastconv", "fastconv-2blocks", "cupy", "torch"])
 @pytest.mark.parametrize("case", list(GEMMS))
 def test_gemm(benchmark, case, impl):
     size, dtype = GEMMS[case]
@@ -301,11 +303,14 @@ def test_gemm(benchmark, case, impl):
         da, db = _device(a, "torch"), _device(b, "torch")
         fn = lambda: torch.matmul(da, db)  # noqa: E731
     else:
+        if impl == "fastconv-2blocks" and dtype != np.float32:
+            pytest.skip("LARGE_2 is a float32 tile (float64 takes WIDE)")
         from fastconv.cuda import gemm, interop
         ha, hb = _device(a, "any"), _device(b, "any")     # keep the owners alive
         da, db = interop.to_numba(ha), interop.to_numba(hb)
         out = interop.device_empty((size, size), dtype)
-        fn = lambda: gemm.matmul(da, db, out=out)  # noqa: E731
+        config = gemm.LARGE_2 if impl == "fastconv-2blocks" else None
+        fn = lambda: gemm.matmul(da, db, out=out, config=config)  # noqa: E731
         # correctness on the GPU, once (not timed): a few rows against float64 NumPy
         fn()
         got = out.copy_to_host()[:8]

@@ -59,8 +59,9 @@ Next steps, to be decided by timing on a GPU:
   tile t are issued before the FMAs of tile t-1 (``va``/``vb``). Two shared
   buffers (ping-pong, one ``syncthreads`` per step instead of two) are the next
   step; measure first.
-- ``cuda.jit(launch_bounds=(256, 2))`` caps LARGE at 128 registers for two
-  blocks per SM; ptxas then spills about 150 bytes, outside the FMA loop.
+- ``LARGE_2`` caps LARGE at 128 registers for two blocks per SM (launch
+  bounds); ptxas then spills 168-280 bytes, outside the FMA loop. The GPU
+  benchmark times both.
 - The stores of C write 4-byte words 16 bytes apart per instruction (runs of 4
   per thread); staging the tile through shared memory would make them whole
   128-byte lines.
@@ -88,12 +89,15 @@ MAX_GRID_YZ = 65535
 
 class GemmConfig(NamedTuple):
     """Compile-time tile sizes: a BM x BN tile of C per block, BK-deep steps,
-    TM x TN outputs per thread. BM % TM == BN % TN == 0."""
+    TM x TN outputs per thread. BM % TM == BN % TN == 0. `blocks_per_sm` > 1
+    asks ptxas to fit that many blocks on an SM (launch bounds), capping the
+    registers per thread at 65536 / (blocks_per_sm * threads)."""
     bm: int
     bn: int
     bk: int
     tm: int
     tn: int
+    blocks_per_sm: int = 1
 
     @property
     def threads(self) -> int:
@@ -104,6 +108,9 @@ class GemmConfig(NamedTuple):
 
 
 LARGE = GemmConfig(128, 128, 8, 8, 8)   # 256 threads, 64 accumulators each
+# LARGE at two blocks per SM: 128 registers, so ptxas spills ~150 bytes (outside
+# the FMA loop). Which of the two is faster awaits a GPU (benchmarks/test_bench_cuda.py).
+LARGE_2 = GemmConfig(128, 128, 8, 8, 8, blocks_per_sm=2)
 MEDIUM = GemmConfig(64, 64, 8, 4, 4)    # 256 threads, 16 accumulators each
 WIDE = GemmConfig(64, 128, 8, 4, 8)     # 256 threads, 32 each: M <= 64 (few channels)
 SMALL = GemmConfig(8, 8, 4, 2, 2)       # 16 threads: tests of many partial tiles
@@ -156,8 +163,10 @@ def _simulator() -> bool:
 @kernel_factory
 def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
                split_a: bool, split_b: bool, split_c: bool):
-    BM, BN, BK, TM, TN = cfg
+    BM, BN, BK, TM, TN = cfg.bm, cfg.bn, cfg.bk, cfg.tm, cfg.tn
     THREADS = cfg.threads
+    bounds = ({} if cfg.blocks_per_sm == 1 or _simulator()     # the simulator has none
+              else {"launch_bounds": (THREADS, cfg.blocks_per_sm)})
     TX = BN // TN          # threads along n
     TY = BM // TM          # threads along m
     # A thread's TM rows come in runs of VM = 4 adjacent rows, the runs RUN_M =
@@ -179,7 +188,7 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
     LOADS_B = -(-BK * BN // THREADS)
     dt = numba.from_dtype(np.dtype(dtype_name))
 
-    @cuda.jit
+    @cuda.jit(**bounds)
     def gemm(A, B, C, bias, m_dim, n_dim, k_dim, batch,
              la, oa, lb, ob, lc, oc, alpha, beta, has_bias):
         As = cuda.shared.array(A_TILE, dtype=dt, alignment=ALIGN)
@@ -441,5 +450,5 @@ def _add_axis(arr):
 
 gemm = matmul
 
-__all__ = ["GemmConfig", "LARGE", "MEDIUM", "WIDE", "SMALL", "TINY", "SIM", "choose_config",
+__all__ = ["GemmConfig", "LARGE", "LARGE_2", "MEDIUM", "WIDE", "SMALL", "TINY", "SIM", "choose_config",
            "launch", "matmul", "gemm"]

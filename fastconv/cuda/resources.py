@@ -88,7 +88,8 @@ def specs(dtype_name: str) -> list[Spec]:
     operand = arr(3, "A")
     gemm_args = (operand, operand, operand, arr(1, "A")) + (i64,) * 10 + (dt, dt, b)
     # gemm.choose_config never takes LARGE for float64 (ptxas spills it)
-    for name in ("LARGE", "WIDE", "MEDIUM") if dtype_name == "float32" else ("WIDE", "MEDIUM"):
+    names = ("LARGE", "LARGE_2", "WIDE", "MEDIUM") if dtype_name == "float32" else ("WIDE", "MEDIUM")
+    for name in names:
         cfg = getattr(gemm, name)
         # (trans_a, trans_b, split_a, split_b, split_c): plain, im2col forward (split
         # C), grad_weight (A^T, split B, split C), grad_input (B^T, split A), both ^T
@@ -153,8 +154,11 @@ def float64_ops(code: str) -> int:
 def compile_ptx(spec: Spec, cc=(9, 0)) -> str:
     """The kernel's PTX from NVVM, optimised as numba does for a launch."""
     from numba.cuda.compiler import compile_ptx as numba_compile_ptx
+    # launch bounds are a jit option of the dispatcher (gemm.LARGE_2)
+    bounds = spec.kernel.targetoptions.get("launch_bounds")
     with _target(cc):
-        ptx, _ = numba_compile_ptx(spec.kernel.py_func, spec.argtypes, cc=tuple(cc))
+        ptx, _ = numba_compile_ptx(spec.kernel.py_func, spec.argtypes, cc=tuple(cc),
+                                   launch_bounds=bounds)
     return ptx
 
 
