@@ -103,6 +103,7 @@ def test_inner_loops_are_multiply_adds(report, label, dtype, least_fma_share):
     row = next(r for r in rows if r["label"] == label and r["dtype"] == dtype)
     if row["loop_instructions"] is None:
         pytest.skip("cuobjdump or nvdisasm not installed")
+    assert row["loop_fmas"] > 0, row                 # a multiply-add loop was found
     assert row["loop_fmas"] / row["loop_instructions"] >= least_fma_share, row
 
 

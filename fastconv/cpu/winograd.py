@@ -704,8 +704,10 @@ def weights_repeat(weight, tile):
     sample = _sample(weight)
     with _filters_lock:
         entry = _filters.get(key)
-        if entry is not None:
-            return np.array_equal(_sample(entry[0]), sample)
+        if entry is not None and np.array_equal(_sample(entry[0]), sample):
+            return True
+        # changed since its filter was kept (a training step): repeats from now on
+        # are seen by the sightings, as for an array never seen before
         previous = _sightings.pop(key, None)
         _sightings[key] = sample
         while len(_sightings) > MAX_SIGHTINGS:

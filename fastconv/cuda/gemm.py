@@ -108,8 +108,8 @@ class GemmConfig(NamedTuple):
 
 
 LARGE = GemmConfig(128, 128, 8, 8, 8)   # 256 threads, 64 accumulators each
-# LARGE at two blocks per SM: 128 registers, so ptxas spills ~150 bytes (outside
-# the FMA loop). Which of the two is faster awaits a GPU (benchmarks/test_bench_cuda.py).
+# LARGE at two blocks per SM: 128 registers, so ptxas spills (a 168-280 byte stack
+# frame, outside the FMA loop). Which of the two is faster awaits a GPU (benchmarks/test_bench_cuda.py).
 LARGE_2 = GemmConfig(128, 128, 8, 8, 8, blocks_per_sm=2)
 MEDIUM = GemmConfig(64, 64, 8, 4, 4)    # 256 threads, 16 accumulators each
 WIDE = GemmConfig(64, 128, 8, 4, 8)     # 256 threads, 32 each: M <= 64 (few channels)
@@ -175,7 +175,9 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
     # of B cover 32 distinct banks. Row i of thread (ty, tx) is
     # ty*VM + (i // VM)*RUN_M + i % VM of the tile.
     VM, VN = min(4, TM), min(4, TN)
-    assert TM % VM == 0 and TN % VN == 0 and BK % 2 == 0, cfg
+    if TM % VM or TN % VN or BK % 2 or BM % TM or BN % TN:
+        raise ValueError(f"GemmConfig {tuple(cfg)}: tm and tn must be at most 4 or multiples "
+                         f"of 4, bk even, bm a multiple of tm and bn of tn")
     RUN_M, RUN_N = BM // (TM // VM), BN // (TN // VN)
     ALIGN = None if _simulator() else 16   # 16-byte vector loads; the simulator refuses
     # Pad the shared tile whose global reads run along k (stored row-major with k
@@ -347,7 +349,8 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
                     if m < m_dim:
                         row = g * m_dim + m
                         crow = row if split_c else m
-                        shift = bias[row] if has_bias else dt(0)
+                        # -0.0, the additive identity (v + 0.0 would turn -0.0 into +0.0)
+                        shift = bias[row] if has_bias else dt(-0.0)
                         for j in range(TN):
                             if c_ok[j]:
                                 v = alpha * acc[0, j] + shift

@@ -200,7 +200,9 @@ def assemble(ptx: str, cc=(9, 0), cubin_path: str | None = None) -> Resources:
                               capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"ptxas failed for {arch}:\n{done.stderr[-3000:]}")
-    info = done.stderr
+    info = done.stdout + done.stderr
+    if not re.search(r"Used \d+ registers", info):   # never report zeros for a new format
+        raise RuntimeError(f"ptxas -v printed no resource usage:\n{info[-3000:]}")
 
     def number(pattern):
         found = re.search(pattern, info)
@@ -218,8 +220,8 @@ def hot_loop(cubin_path: str) -> tuple[int, int] | None:
     """(instructions, FMAs) of the loop with the highest FMA share (>= 8 FMAs).
 
     A loop is a backward branch in the SASS that cuobjdump prints; the innermost
-    multiply-add loop of a GEMM or convolution kernel is what this finds. None when
-    cuobjdump or nvdisasm is missing or the kernel has no such loop.
+    multiply-add loop of a GEMM or convolution kernel is what this finds. (0, 0)
+    when the kernel has no such loop; None when cuobjdump or nvdisasm is missing.
     """
     cuobjdump, nvdisasm = tool("cuobjdump"), tool("nvdisasm")
     if cuobjdump is None or nvdisasm is None:       # cuobjdump runs nvdisasm
@@ -235,14 +237,14 @@ def hot_loop(cubin_path: str) -> tuple[int, int] | None:
     position = {address: i for i, (address, _) in enumerate(code)}
     best = None
     for i, (address, text) in enumerate(code):
-        target = re.search(r"\bBRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", text)
+        target = re.search(r"\bBRA(?:\.\w+)*\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", text)
         if not target or int(target.group(1), 16) >= address:
             continue
         body = code[position.get(int(target.group(1), 16), i):i + 1]
         fmas = sum(1 for _, t in body if _FMA.search(t))
         if fmas >= 8 and (best is None or fmas * best[0] > best[1] * len(body)):
             best = (len(body), fmas)
-    return best
+    return best or (0, 0)
 
 
 # Per-SM limits: registers, warps, blocks, shared memory (bytes), reserved per block.
@@ -296,7 +298,7 @@ def markdown(rows: list[Row]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         r = row.resources
-        loop = f"{row.loop[1]} / {row.loop[0]}" if row.loop else ""
+        loop = f"{row.loop[1]} / {row.loop[0]}" if row.loop and row.loop[0] else ""
         lines.append(f"| {row.spec.label} | {row.dtype} | {row.spec.threads} | {r.registers} "
                      f"| {r.stack_bytes} / {r.spill_store_bytes + r.spill_load_bytes} "
                      f"| {r.shared_bytes} | {row.occupancy:.0%} | {loop} |")
