@@ -19,23 +19,11 @@ WINOGRAD_MIN_CHANNELS_CUDA = 32
 # resnet50_7 (8x512x7x7, 392 pixels): im2col 11.7-14.2 ms; Winograd 6.4-7.3 (F4) with the
 # transformed filter kept from an earlier call with the same weights, but 17.8-18.2 when
 # the weights change between calls (every training step): the 512x512 filter transform
-# writes 38 MB. `auto` cannot know which case a call is, so im2col. At 784 pixels the
-# two trade places (4x256x14x14 im2col 7.2 / Winograd with new weights 6.9; 1x256x28x28
-# 6.3 / 7.1; 16x512x7x7 25.8 / 21.5), so the threshold stays at 1024.
+# writes 38 MB. So im2col, unless the weights repeat (KEPT_FILTER_* below). At 784
+# pixels the two trade places (4x256x14x14 im2col 7.2 / Winograd with new weights
+# 6.9; 1x256x28x28 6.3 / 7.1; 16x512x7x7 25.8 / 21.5), so the threshold stays at 1024.
 # resnet50_14 (8x256x14x14, 1568 pixels): F(4x4) 5.6-7.1 ms, F(2x2) 8.1-10.5, im2col 11.8-13.4.
 WINOGRAD_MIN_PIXELS = 1024             # N * out_h * out_w
-# ... unless the call repeats an earlier call's weights (inference, evaluation; seen by
-# cpu.winograd.weights_repeat): the kept filter then costs no transform, and Winograd
-# wins from fewer pixels, as long as reading its transformed filter (alpha^2 / 9 = 4x
-# the weights for F(4x4)) is small against the GEMM it saves and there are enough
-# channels for the input/output transforms. Measured interleaved (2026-11-30, fifth
-# session; ms im2col / Winograd F(4x4) with the filter kept; C_in = C_out):
-#   C=512: 49 px 2.61/6.29, 98 4.16/6.54, 196 7.19/6.91, 392 12.9/7.42, 784 26.7/11.9
-#   C=256: 196 px 1.98/2.39, 392 3.61/2.81, 784 7.16/4.31
-#   C=128: 784 px 2.03/1.79
-#   C=64:  392 px 0.52/0.62 (2x64x14x14) and 0.60/0.66 (8x64x7x7), 784 0.63/0.76
-KEPT_FILTER_MIN_PIXELS = 384
-KEPT_FILTER_MIN_WORK = 2**23           # groups * C_in/g * C_out/g * pixels
 # ... and, for 3x3 kernels, enough GEMM work: groups * C_in/group * C_out/group * pixels.
 # Measured interleaved with the GEMM micro-kernel (2026-11-30, fourth session; ms im2col /
 # Winograd, the weights changed before every call as in training, C_in = C_out):
@@ -47,6 +35,18 @@ KEPT_FILTER_MIN_WORK = 2**23           # groups * C_in/g * C_out/g * pixels
 # at 25088 px: 1.19x and 0.92x in two runs), so WINOGRAD_MIN_CHANNELS stays. 5x5 kernels
 # (6.25x fewer multiplies) win with less: they keep the channel and pixel thresholds only.
 WINOGRAD_MIN_WORK_3X3 = 2**22
+# Below WINOGRAD_MIN_PIXELS Winograd still wins when a call repeats an earlier call's
+# weights (inference, evaluation; seen by cpu.winograd.weights_repeat): the kept filter
+# then costs no transform, and Winograd wins from fewer pixels, as long as reading its transformed filter (alpha^2 / 9 = 4x
+# the weights for F(4x4)) is small against the GEMM it saves and there are enough
+# channels for the input/output transforms. Measured interleaved (2026-11-30, fifth
+# session; ms im2col / Winograd F(4x4) with the filter kept; C_in = C_out):
+#   C=512: 49 px 2.61/6.29, 98 4.16/6.54, 196 7.19/6.91, 392 12.9/7.42, 784 26.7/11.9
+#   C=256: 196 px 1.98/2.39, 392 3.61/2.81, 784 7.16/4.31
+#   C=128: 784 px 2.03/1.79
+#   C=64:  392 px 0.52/0.62 (2x64x14x14) and 0.60/0.66 (8x64x7x7), 784 0.63/0.76
+KEPT_FILTER_MIN_PIXELS = 384
+KEPT_FILTER_MIN_WORK = 2**23           # groups * C_in/g * C_out/g * pixels
 # F(4x4) does 36 instead of 16 GEMMs but each over a quarter of the tiles (2.25x less
 # work), and pads each side of the output to a multiple of 4 instead of 2. It is the
 # faster tile unless that padding costs much more area than F(2x2)'s (measured

@@ -167,8 +167,7 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
     THREADS = cfg.threads
     bounds = ({} if cfg.blocks_per_sm == 1 or _simulator()     # the simulator has none
               else {"launch_bounds": (THREADS, cfg.blocks_per_sm)})
-    TX = BN // TN          # threads along n
-    TY = BM // TM          # threads along m
+    TX = BN // TN          # threads along n (BM // TM along m)
     # A thread's TM rows come in runs of VM = 4 adjacent rows, the runs RUN_M =
     # BM/(TM/VM) apart (columns likewise): NVVM then reads each run from shared
     # memory with one vector load (LDS.128), and a quarter-warp's vector loads
