@@ -6,15 +6,18 @@ on the CPU: inference and one training step (forward, backward, SGD step), batch
 Models: a VGG-style stack of 3x3 convolutions, a ResNet-style stack of basic blocks
 (BatchNorm and the additions stay torch's), a small U-Net-style encoder/decoder whose
 decoder upsamples with ConvTranspose2d. Each variant runs in a process of its own, the
-variants taking turns for ``--rounds`` rounds; a process builds every model (the same
-weights: seed 0), warms each up and keeps the median of ``--iters`` timed calls; the
-report keeps the minimum over rounds and prints ratios torch / converted (> 1: the
+variants taking turns model by model for ``--rounds`` rounds; a process builds one model
+(the same weights: seed 0), warms it up and keeps the median of ``--iters`` timed calls;
+the report keeps the minimum over rounds and prints ratios torch / converted (> 1: the
 converted model is faster). Variants:
 
 - ``torch``: numpy, then torch; fastconv is not imported.
 - ``fastconv``: numpy, fastconv, then torch (the order docs/torch.md recommends).
 - ``fastconv-torch-first``: numpy, torch, then fastconv (issue 23: two OpenMP runtimes
   in one process may slow fastconv's kernels).
+
+Then, in one process, the bridge's own cost: `fastconv.torch.conv2d` on tensors against
+`fastconv.conv2d` on the same data as NumPy arrays, for the VGG model's layers.
 """
 from __future__ import annotations
 
@@ -140,6 +143,28 @@ def worker(variant, models, iters):
     return {"variant": variant, "torch_threads": torch.get_num_threads(), "results": results}
 
 
+OVERHEAD_LAYERS = [(3, 64, 32), (32, 64, 32), (32, 32, 64), (64, 32, 64), (64, 16, 128),
+                   (128, 16, 128)]    # (C_in, H = W, C_out) of the VGG model's 3x3 layers
+
+
+def overhead(iters):
+    """The bridge's cost per call: fct.conv2d on tensors against fc.conv2d on the same
+    data as NumPy arrays, the VGG model's layers, forward, in one process."""
+    import numpy as np
+    import fastconv as fc
+    import torch
+    import fastconv.torch as fct
+    rows = {}
+    for c_in, hw, c_out in OVERHEAD_LAYERS * 2:    # the second pass is kept: warm process
+        x, w = torch.randn(BATCH, c_in, hw, hw), torch.randn(c_out, c_in, 3, 3) * 0.1
+        xn, wn = x.numpy(), w.numpy()
+        rows[f"{BATCH}x{c_in}x{hw}x{hw}->{c_out}"] = {
+            "numpy": _time(lambda: fc.conv2d(xn, wn, padding=1), iters),
+            "bridge": _time(lambda: fct.conv2d(x, w, padding=1), iters)}
+    del np
+    return rows
+
+
 def _cpu_model():
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -161,24 +186,31 @@ def main(argv=None):
     args = parser.parse_args(argv)
     models = [m for m in MODELS if args.select is None or args.select in m]
     if args.worker:
+        models = [m for m in MODELS if m == args.select] or models
+    if args.worker == "overhead":
+        print(json.dumps(overhead(args.iters)))
+        return
+    if args.worker:
         print(json.dumps(worker(args.worker, models, args.iters)))
         return
     best = {}
     threads = None
     for round_ in range(args.rounds):
-        for variant in VARIANTS:
-            command = [sys.executable, os.path.abspath(__file__), "--worker", variant,
-                       "--iters", str(args.iters)] + (["-k", args.select] if args.select else [])
-            out = subprocess.run(command, capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(f"{variant} failed:\n{out.stderr}")
-            report = json.loads(out.stdout.strip().splitlines()[-1])
-            threads = report["torch_threads"]
-            for model, modes in report["results"].items():
-                for mode, seconds in modes.items():
+        # model by model, the variants back to back: a load spike on a shared machine
+        # then lands on one model's pair of timings, not on one variant's whole run
+        for model in models:
+            for variant in VARIANTS:
+                command = [sys.executable, os.path.abspath(__file__), "--worker", variant,
+                           "--iters", str(args.iters), "-k", model]
+                out = subprocess.run(command, capture_output=True, text=True)
+                if out.returncode:
+                    sys.exit(f"{variant} failed:\n{out.stderr}")
+                report = json.loads(out.stdout.strip().splitlines()[-1])
+                threads = report["torch_threads"]
+                for mode, seconds in report["results"][model].items():
                     key = (variant, model, mode)
                     best[key] = min(best.get(key, float("inf")), seconds)
-            print(f"round {round_ + 1}/{args.rounds}: {variant} done", file=sys.stderr)
+        print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
     cpu = _cpu_model()
     print(f"CPU: {cpu} ({os.cpu_count()} logical CPUs), torch threads {threads}, "
           f"batch {BATCH}, minimum over {args.rounds} rounds of the median of {args.iters}")
@@ -192,11 +224,21 @@ def main(argv=None):
                              fastconv_torch_first_s=tf, ratio=t / f, ratio_torch_first=t / tf))
             print(f"{model:8} {mode:10} {t * 1e3:9.1f} {f * 1e3:12.1f} {t / f:6.2f} "
                   f"{tf * 1e3:15.1f} {t / tf:6.2f}")
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", "overhead",
+                          "--iters", str(args.iters)], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"overhead failed:\n{out.stderr}")
+    layers = json.loads(out.stdout.strip().splitlines()[-1])
+    print("bridge cost per call (one process, forward): fct.conv2d on tensors / fc.conv2d on "
+          "NumPy views")
+    for name, t in layers.items():
+        print(f"  {name:22} {t['numpy'] * 1e3:7.2f} ms {t['bridge'] * 1e3:7.2f} ms "
+              f"{t['bridge'] / t['numpy']:5.2f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": threads,
                        "batch": BATCH, "rounds": args.rounds, "iters": args.iters,
-                       "rows": rows}, fh, indent=1)
+                       "rows": rows, "bridge_cost": layers}, fh, indent=1)
 
 
 if __name__ == "__main__":

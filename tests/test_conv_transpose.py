@@ -371,3 +371,17 @@ def test_layer_refuses_bad_arguments():
         nn.ConvTranspose2d(3, 4, 3).output_shape((1, 2, 5, 5))
     with pytest.raises(RuntimeError, match="before forward"):
         nn.ConvTranspose2d(3, 4, 3).backward(np.ones((1, 4, 7, 7), np.float32))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from fastconv import api, shapes
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(
+        optionflags=doctest.NORMALIZE_WHITESPACE)
+    for obj in (api.conv_transpose2d, api.conv_transpose2d_grad_input,
+                api.conv_transpose2d_grad_weight, api.conv_transpose2d_grad_bias,
+                shapes.conv_transpose_geometry, nn.ConvTranspose2d):
+        for test in finder.find(obj, globs=dict(vars(shapes))):
+            runner.run(test)
+    assert runner.tries >= 6 and runner.failures == 0
