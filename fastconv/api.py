@@ -317,12 +317,25 @@ def conv2d_grad_bias(grad_out):
 # --------------------------------------------------------------------------
 
 def _pool_problem(x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_name="x"):
+    """(kernel_size, stride, padding, dilation, out_hw, out_shape), checked; memoised
+    for plain arguments as `conv_problem` is."""
+    plain = (_plain(kernel_size) and (stride is None or _plain(stride)) and _plain(padding)
+             and _plain(dilation) and type(ceil_mode) is bool)
+    key = ("pool", x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_name)
+    if plain:
+        problem = _problems.get(key)
+        if problem is not None:
+            return problem
     checks.image_shape(x_shape, x_name)
     ceil_mode = checks.check_bool(ceil_mode, "ceil_mode")
     kernel_size, stride, padding, dilation, out_hw = shapes.pool_geometry(
         x_shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
-    out_shape = tuple(x_shape[:2]) + out_hw
-    return kernel_size, stride, padding, dilation, out_hw, out_shape
+    problem = kernel_size, stride, padding, dilation, out_hw, tuple(x_shape[:2]) + out_hw
+    if plain:
+        if len(_problems) >= _MAX_PROBLEMS:
+            _problems.clear()
+        _problems[key] = problem
+    return problem
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -517,15 +530,16 @@ def explain(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, device=
     if arrays is not None and device is not None and device != arrays.device:
         raise ValueError(f"device={device!r}, but the arrays given are on {arrays.device}")
     device = arrays.device if arrays is not None else (device or "cpu")
+    was_3d = False
     if "x" in given:
-        x4 = checks.batched(arrays["x"], "x")[0]
+        x4, was_3d = checks.batched(arrays["x"], "x")
         x_shape = tuple(x4.shape)
     x_shape = checks.shape_arg(x_shape, "x_shape", (4,))
     w_shape = checks.shape_arg(w_shape if "weight" not in given else
                                tuple(arrays["weight"].shape), "w_shape", (4,))
     problem = conv_problem(x_shape, w_shape, stride, padding, dilation, groups)
     if "grad_out" in given:
-        _grad_out_4d(arrays, problem.out_shape, False)
+        arrays.arrays["grad_out"] = _grad_out_4d(arrays, problem.out_shape, was_3d)
     looked_at = {"conv2d": ("x", "weight"), "conv2d_grad_input": ("grad_out", "weight"),
                  "conv2d_grad_weight": ("grad_out", "x")}[operation]
     operands = tuple((name, x4 if name == "x" else arrays[name])

@@ -10,9 +10,12 @@ from fastconv import api, reference
 ALGORITHMS = ["direct", "im2col", "winograd"]
 
 
-def test_docstring_examples_run():
-    failures, tried = doctest.testmod(api, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert tried > 5 and failures == 0
+@pytest.mark.parametrize("module", ["api", "plan", "checks", "config"])
+def test_docstring_examples_run(module):
+    import importlib
+    module = importlib.import_module(f"fastconv.{module}")
+    failures, tried = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert tried >= 2 and failures == 0
 
 
 def test_hand_computed_example():

@@ -215,3 +215,16 @@ def test_last_plan_is_per_thread():
     thread.start()
     thread.join()
     assert seen == [None] and fc.plan.last_plan().algorithm == "im2col"
+
+
+@pytest.mark.parametrize("name, good, bad", [
+    ("kernel_size", 2, 2.0), ("kernel_size", (2, 2), (2, True)), ("stride", 2, True),
+    ("ceil_mode", True, 1), ("ceil_mode", False, 0), ("padding", 1, 1.0),
+])
+def test_memoised_pooling_checks_refuse_what_equals_an_accepted_argument(name, good, bad):
+    x = np.ones((1, 1, 6, 6), np.float32)
+    args = dict(kernel_size=2, stride=None, padding=0, ceil_mode=False)
+    for _ in range(2):
+        fc.max_pool2d(x, **{**args, name: good})
+    with pytest.raises(TypeError, match=name):
+        fc.max_pool2d(x, **{**args, name: bad})
