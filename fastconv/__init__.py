@@ -28,6 +28,7 @@ from .api import (avg_pool2d, avg_pool2d_backward, conv2d, conv2d_grad_bias,
                   max_pool2d_backward, relu, relu_backward)
 from .config import config
 from . import filters, models, nn  # noqa: E402  (pure Python, no kernels compiled)
+from . import plan  # noqa: E402  (fc.plan.last_plan(): the plan the latest call ran)
 
 __version__ = "0.1.0"
 

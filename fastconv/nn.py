@@ -49,13 +49,17 @@ import numpy as np
 
 from . import api as F
 from . import shapes
+from .checks import FLOAT_DTYPES as _FLOATS
+from .checks import array_module as _array_module, as_array as _as_array
+from .checks import check_bool as _check_bool, check_grad_out as _check_grad_out
+from .checks import device_of as _device_of, dtype_of as _dtype_of, grad_spec as _grad_spec
+from .checks import float_dtype as _check_dtype, kind_of as _kind_of
 from .config import ALGORITHMS
 
 __all__ = ["Parameter", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
            "ReLU", "Flatten", "Linear", "Dropout", "Identity", "Sequential",
            "CrossEntropyLoss", "SGD", "Summary", "manual_seed"]
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INITS = ("kaiming_normal", "kaiming_uniform", "zeros")
 
 # --------------------------------------------------------------------------
@@ -99,78 +103,6 @@ def _rng(rng):
 # Arrays: NumPy on the CPU, CuPy on the GPU
 # --------------------------------------------------------------------------
 
-def _array_module(arr):
-    """numpy for NumPy arrays, cupy for CuPy arrays."""
-    if isinstance(arr, np.ndarray):
-        return np
-    if type(arr).__module__.split(".")[0] == "cupy":
-        import cupy
-        return cupy
-    raise TypeError(
-        f"this layer does array arithmetic and takes NumPy arrays (CPU) or CuPy arrays (GPU), "
-        f"got {type(arr).__name__}; convert with numpy.asarray / cupy.asarray first "
-        "(Conv2d, the poolings, ReLU and Flatten take any CUDA array)")
-
-
-def _is_device_array(x) -> bool:
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
-    if type(x).__module__.startswith("numba"):  # simulator device arrays have no interface
-        from .cuda import interop
-        return interop.is_device_array(x)
-    return False
-
-
-def _as_array(x, name="x"):
-    """x itself for NumPy, CuPy and other CUDA arrays (those go to the CUDA kernels);
-    other array-likes through numpy.asarray."""
-    if isinstance(x, np.ndarray) or type(x).__module__.split(".")[0] == "cupy" \
-            or _is_device_array(x):
-        return x
-    try:
-        return np.asarray(x)
-    except Exception as exc:
-        raise TypeError(f"{name} must be an array, got {type(x).__name__} ({exc})") from None
-
-
-def _device_of(arr) -> str:
-    return "cpu" if isinstance(arr, np.ndarray) else "cuda"
-
-
-def _dtype_of(arr):
-    try:
-        return np.dtype(arr.dtype)
-    except TypeError:  # torch tensors: their dtype is not a numpy dtype
-        return np.dtype(arr.__cuda_array_interface__["typestr"])
-
-
-def _grad_spec(out):
-    """What `_check_grad_out` holds grad_out to: the forward output's shape, dtype, device."""
-    return tuple(out.shape), _dtype_of(out), _device_of(out)
-
-
-def _check_grad_out(grad_out, spec, layer):
-    """grad_out as an array matching the forward output, for layers whose backward does its
-    own arithmetic: the checks the API's backward functions make, so that a wrong gradient
-    is refused rather than broadcast or silently promoted to another dtype."""
-    if spec is None:
-        raise RuntimeError(f"{layer}.backward called before forward")
-    if grad_out is None:
-        raise TypeError("grad_out must be an array, got None")
-    grad_out = _as_array(grad_out, "grad_out")
-    shape, dtype, device = spec
-    if _device_of(grad_out) != device:
-        raise TypeError(f"grad_out is on the {_device_of(grad_out)}, but the forward output "
-                        f"was on the {device}; move it first")
-    if _dtype_of(grad_out) != dtype:
-        raise TypeError(f"grad_out has dtype {_dtype_of(grad_out)}, but the forward output "
-                        f"has dtype {dtype}; cast it with .astype(numpy.{dtype}) first")
-    if tuple(grad_out.shape) != shape:
-        raise ValueError(f"grad_out must have the forward output's shape {shape}, "
-                         f"got {tuple(grad_out.shape)}")
-    return grad_out
-
-
 def _to_device(arr, device):
     if device == "cpu":
         if isinstance(arr, np.ndarray):
@@ -185,24 +117,8 @@ def _to_device(arr, device):
     return cupy.asarray(arr)
 
 
-def _check_dtype(dtype, name="dtype"):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from None
-    if dt not in _FLOATS:
-        raise TypeError(f"{name} must be float32 or float64, got {dt}")
-    return dt
-
-
 def _positive_int(value, name):
     return _int_at_least(value, name, 1, "a positive int")
-
-
-def _check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _input_shape(input_shape, name="input_shape"):
@@ -261,7 +177,7 @@ class Parameter:
         and device (`check_grad`)."""
         self.check_grad(grad)
         if self.grad is None:
-            if isinstance(grad, np.ndarray) or type(grad).__module__.split(".")[0] == "cupy":
+            if _kind_of(grad) in ("numpy", "cupy"):
                 grad = grad.copy()  # the caller may hold on to it
             self.grad = grad  # other CUDA arrays: the API's result is a fresh array
         else:
