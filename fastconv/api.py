@@ -16,6 +16,7 @@ import numpy as np
 from . import autotune, jitcache, shapes
 from .config import ALGORITHMS, choose_algorithm
 from .threads import cpu_slot
+from .winograd_transforms import winograd_safe
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _ACCEPTED = "float32 or float64 arrays (NumPy, or CUDA arrays: CuPy, Numba, torch)"
@@ -207,8 +208,9 @@ class _ConvProblem:
 
     def backend(self, device, algorithm, operation="conv2d", operands=(), weight=None):
         """The backend module for `algorithm`. `operands` are the arrays whose
-        values `auto` may look at: Winograd mixes whole tiles, so a NaN or Inf
-        would spread to outputs that PyTorch leaves finite; `auto` then takes im2col.
+        values `auto` may look at: Winograd mixes whole tiles and magnifies values, so
+        `auto` takes im2col where `winograd_safe` finds a NaN/Inf, a possible overflow
+        or too large a dynamic range.
         `weight` (C-contiguous, CPU forward): `auto` takes Winograd on layers where it
         wins only with a kept filter when these weights repeat an earlier call's."""
         if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
@@ -224,8 +226,10 @@ class _ConvProblem:
                 tile = self._backend_options(device, "winograd", operation)["tile"]
                 if winograd.weights_repeat(weight, tile):
                     algorithm = "winograd"
-            if algorithm == "winograd" and not all(map(_all_finite, operands)):
-                algorithm = "im2col"
+            if algorithm == "winograd" and operands:
+                tile = self._backend_options(device, "winograd", operation).get("tile", 4)
+                if not winograd_safe(operation, *operands, tile, self.w_shape[2:])[0]:
+                    algorithm = "im2col"
         elif algorithm == "winograd":
             ok, why = winograd_supports(self.w_shape, self.stride, self.dilation)
             if not ok:
@@ -243,15 +247,6 @@ class _ConvProblem:
         # grad_input is a Winograd convolution whose output is the input's size
         out_hw = self.x_shape[2:] if operation == "conv2d_grad_input" else self.out_hw
         return {"tile": autotune.winograd_tile(self.x_shape, self.w_shape, out_hw)}
-
-
-def _all_finite(arr) -> bool:
-    """True when arr holds no NaN/Inf. One pass at memory speed: a sum is NaN or
-    Inf if any element is (or if it overflows, which only costs a safe fallback)."""
-    if not isinstance(arr, np.ndarray):
-        return True  # device arrays: see docs/reliability.md (Winograd NaN note)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(arr.sum(dtype=arr.dtype)))
 
 
 def winograd_supports(w_shape, stride, dilation):
