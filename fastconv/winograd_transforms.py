@@ -181,9 +181,11 @@ def _range(stats):
     images of zeros): how far the largest value stands above the typical one."""
     peak, total, count = stats
     peak_n = peak.max(axis=1).astype(np.float64)
-    total_n, count_n = total.sum(axis=1), count.sum(axis=1)
+    count_n = np.maximum(count.sum(axis=1), 1)
+    # a sum beyond float64 (values near its largest) makes the mean a lower bound
+    mean_n = np.minimum(total.sum(axis=1), np.finfo(np.float64).max) / count_n
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(count_n > 0, peak_n * count_n / total_n, 1.0)
+        ratio = np.where(peak_n > 0, peak_n / mean_n, 1.0)
     return float(ratio.max(initial=1.0))
 
 
