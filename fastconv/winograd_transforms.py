@@ -233,8 +233,13 @@ def winograd_safe(operation, data, other, tile, kernel_hw):
     r = int(kernel_hw[0])
     m, taps = _transform_of(operation, int(tile), r)
     g = growth(m, taps)
-    # a 3-D (C, H, W) operand is one image
-    first, second = (operand_stats(a[None] if a.ndim == 3 else a) for a in (data, other))
+    # images per (image, channel) plane (a 3-D (C, H, W) one is one image); a weight
+    # per output channel k, one long row (its r x r filters are too short for rows)
+    first = operand_stats(data[None] if data.ndim == 3 else data)
+    if operation == "conv2d_grad_weight":
+        second = operand_stats(other[None] if other.ndim == 3 else other)
+    else:
+        second = operand_stats(other.reshape(other.shape[0], 1, -1))
     names = {"conv2d": ("x", "weight"), "conv2d_grad_input": ("grad_out", "weight"),
              "conv2d_grad_weight": ("grad_out", "x")}[operation]
     for name, (peak, total, _) in zip(names, (first, second)):
@@ -249,12 +254,18 @@ def winograd_safe(operation, data, other, tile, kernel_hw):
         reduced = float(first[1].sum(axis=0).max(initial=0))
         rho = max(_range(first), _range(second))
     else:
-        # the filters' 1-norms per (k, c); grad_input reduces over k (rotated kernel)
-        norms = second[1]                      # (K, C/groups): ||w[k, c]||_1
+        # W: the forward reduces sum_c ||w[k, c]||_1 (the row sums); grad_input's
+        # rotated kernel reduces over k instead, bounded by K r^2 max|w| (as is each
+        # filter's ||w[k, c]||_1 by r^2 max|w|)
+        k_out = other.shape[0]
+        w_peak = float(second[0].max(initial=0))
+        row_sums = second[1][:, 0]
         x_peak = float(first[0].max(initial=0))
-        filter_norm = float(norms.max(initial=0))
-        axis = 0 if operation == "conv2d_grad_input" else 1
-        reduced = float(norms.sum(axis=axis).max(initial=0))
+        filter_norm = min(r * r * w_peak, float(row_sums.max(initial=0)))
+        if operation == "conv2d_grad_input":
+            reduced = min(k_out * r * r * w_peak, float(row_sums.sum()))
+        else:
+            reduced = float(row_sums.max(initial=0))
         rho = _range(first)
     largest = max(g.input * x_peak, g.filter * filter_norm,
                   max(g.product, g.output_rows, g.output) * x_peak * reduced)
