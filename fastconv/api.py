@@ -507,7 +507,8 @@ def explain(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, device=
     themselves; `grad_out` is the gradient array of the backward operations. Given the
     operands a call looks at (conv2d: x and the weight; conv2d_grad_input: grad_out
     and the weight; conv2d_grad_weight: grad_out and x), explain applies the plan's
-    value step too (a NaN or Inf takes im2col instead of Winograd); given shapes, it says
+    value step too (a NaN or Inf, a possible overflow or an outlier takes im2col instead
+    of Winograd; with one of the two arrays, its NaN or Inf only); given shapes, it says
     what that step would do. It never records the weights, so it cannot tell whether a
     call would repeat an earlier call's; where that matters the reason says so.
     `device` defaults to the arrays' device, else "cpu".

@@ -15,7 +15,8 @@ convolution ran (for tests and debugging). The steps, in order:
    when these weights repeat an earlier call's (`fastconv.cpu.winograd.weights_repeat`,
    asked only here);
 4. the operands' values (`auto`): Winograd mixes whole tiles, so it runs only on
-   operands `winograd_safe` accepts; otherwise im2col.
+   operands `winograd_safe` accepts (finite, nothing can overflow, no outlier whose
+   error would spread over its tile); otherwise im2col.
 
 Steps 1 and 2 depend on shapes and options alone and are memoised per problem; 3 and 4
 look at the arrays on every call.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import threading
 from types import MappingProxyType
 from typing import Mapping, NamedTuple
+
 
 import numpy as np
 
@@ -67,23 +69,19 @@ def winograd_supports(w_shape, stride, dilation):
     return True, "3x3, stride 1, dilation 1"
 
 
-def _all_finite(arr) -> bool:
-    """True when arr holds no NaN/Inf. One pass at memory speed: a sum is NaN or
-    Inf if any element is (or if it overflows, which only costs a safe fallback)."""
-    if not isinstance(arr, np.ndarray):
-        return True  # device arrays: see docs/reliability.md (Winograd NaN note)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(arr.sum(dtype=arr.dtype)))
-
-
-def winograd_safe(operands):
-    """(ok, reason): whether `auto` may run Winograd on these arrays. Its transforms
-    mix a whole tile, so a NaN or Inf would spread to outputs PyTorch leaves finite.
-    Step 4 of the plan; the one function a finer rule replaces."""
-    for name, arr in operands:
-        if not _all_finite(arr):
-            return False, f"{name} holds a NaN or Inf, which Winograd would spread over its tile"
-    return True, "finite operands"
+def winograd_safe(problem, operation, operands, tile):
+    """(ok, reason): whether `auto` may run Winograd on these (name, array) operands:
+    finite, no intermediate that can overflow, no value so far above the others that
+    Winograd's error on its neighbours would exceed im2col's by much. Step 4 of the
+    plan; the rule itself is `fastconv.winograd_transforms.winograd_safe`."""
+    from .winograd_transforms import winograd_safe as values_allow
+    if len(operands) == 1:          # explain() given one array: its finiteness only
+        name, arr = operands[0]
+        if isinstance(arr, np.ndarray) and not np.isfinite(arr).all():
+            return False, f"{name} holds a NaN or Inf, which Winograd would spread"
+        return True, f"{name} is finite"
+    (_, data), (_, other) = operands
+    return values_allow(operation, data, other, tile, problem.w_shape[2:])
 
 
 def _tile(problem, operation):
@@ -150,7 +148,7 @@ def plan(problem, device, operation, algorithm, operands=(), weight=None, record
                           "these weights repeat an earlier call's: Winograd with the "
                           "transformed filter kept")
     if algorithm == "auto" and chosen.algorithm == "winograd" and operands:
-        ok, why = winograd_safe(operands)
+        ok, why = winograd_safe(problem, operation, operands, chosen.options.get("tile", 4))
         if not ok:
             chosen = Plan("im2col", _NO_OPTIONS, f"{why}: im2col instead")
     if record:
@@ -184,7 +182,8 @@ def describe(problem, device, operation, algorithm, chosen, values_seen):
         name += f" F({sizes[0]},{sizes[1]})"
     reason = chosen.reason
     if not values_seen and algorithm == "auto" and chosen.algorithm == "winograd":
-        reason += "; operands holding a NaN or Inf take im2col"
+        reason += ("; operands with a NaN or Inf, values that could overflow in the "
+                   "transforms or outliers take im2col")
     return (f"{operation} {problem.x_shape} * {problem.w_shape} -> {problem.out_shape} "
             f"on {device}: {name} ({reason})")
 
