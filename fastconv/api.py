@@ -435,14 +435,7 @@ def _pool_problem(x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_
 
 
 def _divisor(divisor_override):
-    if divisor_override is None:
-        return 0
-    if not shapes._is_int(divisor_override):
-        raise TypeError(f"divisor_override must be an int or None, got {divisor_override!r}")
-    if not 1 <= divisor_override <= shapes.GEOMETRY_MAX:
-        raise ValueError(
-            f"divisor_override must be between 1 and 2**31 - 1, got {divisor_override!r}")
-    return int(divisor_override)
+    return shapes.divisor(divisor_override)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
