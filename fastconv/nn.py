@@ -272,7 +272,7 @@ def _sample_bytes(x):
         picked = x.reshape(-1)[::step]              # a view: only the sample is copied
     else:
         picked = x[xp.unravel_index(xp.arange(0, x.size, step), x.shape)]
-    return xp.ascontiguousarray(picked).view(xp.uint8)
+    return picked.copy().view(xp.uint8)       # a copy even where picked is all of x
 
 
 class _SavedInput:
@@ -373,8 +373,9 @@ class Parameter:
             self.grad[...] = 0
 
     def __repr__(self):
-        return (f"Parameter(name={self.name!r}, shape={self.shape}, dtype={self.dtype}, "
-                f"device={_device_of(self.data)!r})")
+        # data may be anything a user assigned (SGD says what it must be): never fail here
+        return (f"Parameter(name={self.name!r}, shape={self.shape}, "
+                f"dtype={getattr(self.data, 'dtype', None)}, device={_device_of(self.data)!r})")
 
 
 class Module:
@@ -919,13 +920,14 @@ class Dropout(Module):
 
     def forward(self, x):
         x = _as_array(x)
+        dropping = self.training and self.p != 0
+        xp = _array_module(x) if dropping else None
         # the 1/(1-p) scale is float math: an integer input would truncate it (torch
         # refuses it too), so only float input, in every mode, as ReLU
         _check_dtype(_dtype_of(x), "Dropout's input x")
-        if not self.training or self.p == 0:
+        if not dropping:
             self._mask = None
         else:
-            xp = _array_module(x)
             if self.p == 1:
                 self._mask = xp.zeros(x.shape, dtype=x.dtype)
             else:
