@@ -50,6 +50,20 @@ def kind_of(obj) -> str:
     return "other"
 
 
+def device_or_none(obj):
+    """"cpu" for a NumPy array, "cuda" for a CUDA array, None for anything else (a CPU
+    torch tensor, a list): what the layers' own arithmetic can take."""
+    kind = kind_of(obj)
+    return None if kind == "other" else "cpu" if kind == "numpy" else "cuda"
+
+
+def type_name(obj) -> str:
+    """obj's class for messages, with its top-level package: "torch.Tensor", "list"."""
+    cls = type(obj)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module.split('.')[0]}.{cls.__qualname__}"
+
+
 def dtype_of(arr) -> np.dtype:
     """arr's dtype as a NumPy dtype (torch tensors have torch dtypes)."""
     try:
@@ -126,15 +140,8 @@ def array_dtype(dtype, name, obj):
 
 
 def divisor(divisor_override):
-    """avg_pool2d's divisor_override as an int, 0 for None."""
-    if divisor_override is None:
-        return 0
-    if not shapes._is_int(divisor_override):
-        raise TypeError(f"divisor_override must be an int or None, got {divisor_override!r}")
-    if not 1 <= divisor_override <= shapes.GEOMETRY_MAX:
-        raise ValueError(
-            f"divisor_override must be between 1 and 2**31 - 1, got {divisor_override!r}")
-    return int(divisor_override)
+    """avg_pool2d's divisor_override as an int, 0 for None (`shapes.divisor`)."""
+    return shapes.divisor(divisor_override)
 
 
 # --------------------------------------------------------------------------

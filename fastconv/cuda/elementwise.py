@@ -20,8 +20,11 @@ def _relu_kernel(x, out):
     step = cuda.gridsize(1)
     while i < x.size:
         v = x[i]
-        # v > 0 is False for NaN: keep NaN as it is (torch.relu propagates it).
-        out[i] = v if (v > 0 or v != v) else 0
+        # torch.relu: v < 0 is False for NaN and -0.0, which stay as they are
+        if v < 0:
+            out[i] = 0
+        else:
+            out[i] = v
         i += step
 
 
