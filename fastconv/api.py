@@ -553,3 +553,169 @@ def explain(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, device=
     chosen = plan(problem, device, operation, algorithm, operands, record=False)
     return describe(problem, device, operation, algorithm, chosen,
                     values_seen=len(operands) == len(looked_at))
+
+
+# --------------------------------------------------------------------------
+# Transposed convolution: conv2d's input gradient, and its own gradients through
+# the conv2d functions (no kernels of its own; shapes.conv_transpose_geometry maps
+# the geometry)
+# --------------------------------------------------------------------------
+
+class _TransposeProblem:
+    """A transposed convolution's checked geometry and the conv2d it transposes."""
+
+    def __init__(self, x_shape, w_shape, stride, padding, output_padding, dilation,
+                 groups, x_name="x"):
+        if len(w_shape) != 4:
+            raise ValueError(
+                f"weight must be 4-D (C_in, C_out // groups, kH, kW), got shape "
+                f"{tuple(w_shape)}")
+        if min(w_shape) < 1:
+            raise ValueError(
+                f"weight must have no zero-size dimension, got shape {tuple(w_shape)}")
+        checks.image_shape(x_shape, x_name)
+        if not shapes._is_int(groups):
+            raise TypeError(f"groups must be an int, got {groups!r}")
+        if groups < 1:
+            raise ValueError(f"groups must be >= 1, got {groups!r}")
+        if w_shape[0] % groups:
+            raise ValueError(
+                f"groups={groups} must divide weight's input channels {w_shape[0]} "
+                "(weight is (C_in, C_out // groups, kH, kW))")
+        if x_shape[1] != w_shape[0]:
+            raise ValueError(
+                f"weight of shape {tuple(w_shape)} expects {w_shape[0]} input channels "
+                f"(weight is (C_in, C_out // groups, kH, kW)), but {x_name} has "
+                f"{x_shape[1]} channels (shape {tuple(x_shape)})")
+        self.groups = int(groups)
+        (self.stride, self.padding, self.output_padding, self.dilation, out_hw,
+         conv_pad, conv_in_hw) = shapes.conv_transpose_geometry(
+            x_shape[2:], w_shape[2:], stride, padding, output_padding, dilation)
+        self.out_shape = (x_shape[0], w_shape[1] * self.groups) + out_hw
+        shapes.check_element_count(self.out_shape, "the output")
+        # the conv2d whose input gradient this is: input conv_shape, padding conv_pad
+        self.conv_shape = self.out_shape[:2] + conv_in_hw
+        self.conv_padding = ((conv_pad[0], conv_pad[1]), (conv_pad[2], conv_pad[3]))
+        self.cropped = conv_in_hw != out_hw
+
+    def conv_kwargs(self, algorithm):
+        return dict(stride=self.stride, padding=self.conv_padding, dilation=self.dilation,
+                    groups=self.groups, algorithm=algorithm)
+
+    def crop(self, grad_out):
+        """grad_out without the rows/columns that no input reaches (a view)."""
+        if not self.cropped:
+            return grad_out
+        return grad_out[..., :self.conv_shape[2], :self.conv_shape[3]]
+
+
+def _transpose_grad_out(arrays, problem, was_3d):
+    go = arrays["grad_out"]
+    want = problem.out_shape[1:] if was_3d else problem.out_shape
+    if tuple(go.shape) != tuple(want):
+        raise ValueError(
+            f"grad_out must have the forward output's shape {tuple(want)}, "
+            f"got {tuple(go.shape)}")
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0,
+                     groups=1, dilation=1, algorithm="auto"):
+    """2-D transposed convolution, exactly `torch.nn.functional.conv_transpose2d`
+    (argument order included: output_padding, groups, dilation).
+
+    weight is ``(C_in, C_out // groups, kH, kW)``; the output has
+    ``(H - 1)*stride - 2*padding + dilation*(kH - 1) + output_padding + 1`` rows
+    (``padding`` may also be ``((top, bottom), (left, right))``). It is
+    `conv2d_grad_input` of the matching conv2d, run by the same kernels;
+    ``algorithm`` chooses that operation's algorithm.
+
+    >>> import numpy as np, fastconv as fc
+    >>> fc.conv_transpose2d(np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)), stride=2)[0, 0]
+    array([[1., 1., 1., 1.],
+           [1., 1., 1., 1.],
+           [1., 1., 1., 1.],
+           [1., 1., 1., 1.]])
+    """
+    arrays = _Arrays(x=x, weight=weight, bias=bias)
+    x4, was_3d = checks.batched(arrays["x"], "x")
+    problem = _TransposeProblem(x4.shape, arrays["weight"].shape, stride, padding,
+                                output_padding, dilation, groups)
+    c_out = problem.out_shape[1]
+    if bias is not None and tuple(arrays["bias"].shape) != (c_out,):
+        raise ValueError(
+            f"bias must have shape ({c_out},) to match the output channels "
+            f"(weight.shape[1] * groups), got {tuple(arrays['bias'].shape)}")
+    conv_shape = problem.conv_shape[1:] if was_3d else problem.conv_shape
+    out = conv2d_grad_input(x, weight, conv_shape, **problem.conv_kwargs(algorithm))
+    if problem.cropped:
+        out_shape = problem.out_shape[1:] if was_3d else problem.out_shape
+        full = arrays.give_back(arrays.empty(out_shape))
+        full[..., :conv_shape[-2], :conv_shape[-1]] = out
+        out = full
+    if bias is not None:
+        out = _add_channel_bias(out, bias, arrays)
+    return out
+
+
+def _add_channel_bias(out, bias, arrays):
+    """out + bias per channel. CPU: in place on the fresh result. CUDA: a depthwise 1x1
+    conv2d with unit weights and this bias, so the existing kernels add it on the
+    caller's stream (no kernel of its own)."""
+    if arrays.device == "cpu":
+        out += arrays["bias"].reshape((-1, 1, 1))
+        return out
+    from numba import cuda
+    channels = arrays["bias"].shape[0]
+    unit = cuda.to_device(np.ones((channels, 1, 1, 1), arrays.dtype), stream=arrays.stream())
+    return conv2d(out, unit, bias, groups=channels, algorithm="direct")
+
+
+def conv_transpose2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0,
+                                output_padding=0, groups=1, dilation=1, algorithm="auto"):
+    """Gradient of `conv_transpose2d` with respect to its input: `conv2d` of grad_out.
+
+    >>> import numpy as np, fastconv as fc
+    >>> fc.conv_transpose2d_grad_input(np.ones((1, 1, 4, 4)), np.ones((1, 1, 2, 2)),
+    ...                                (1, 1, 2, 2), stride=2)[0, 0]
+    array([[4., 4.],
+           [4., 4.]])
+    """
+    arrays = _Arrays(grad_out=grad_out, weight=weight)
+    input_shape = checks.shape_arg(input_shape, "input_shape")
+    was_3d = len(input_shape) == 3
+    x_shape = (1,) + input_shape if was_3d else input_shape
+    problem = _TransposeProblem(x_shape, arrays["weight"].shape, stride, padding,
+                                output_padding, dilation, groups, x_name="input_shape")
+    _transpose_grad_out(arrays, problem, was_3d)
+    return conv2d(problem.crop(grad_out), weight, None, **problem.conv_kwargs(algorithm))
+
+
+def conv_transpose2d_grad_weight(grad_out, x, weight_shape, stride=1, padding=0,
+                                 output_padding=0, groups=1, dilation=1, algorithm="auto"):
+    """Gradient of `conv_transpose2d` with respect to its weight: `conv2d_grad_weight`
+    with the roles of input and output gradient swapped.
+
+    >>> import numpy as np, fastconv as fc
+    >>> fc.conv_transpose2d_grad_weight(np.ones((1, 1, 4, 4)), np.ones((1, 1, 2, 2)),
+    ...                                 (1, 1, 2, 2), stride=2)
+    array([[[[4., 4.],
+             [4., 4.]]]])
+    """
+    arrays = _Arrays(grad_out=grad_out, x=x)
+    weight_shape = checks.shape_arg(weight_shape, "weight_shape", (4,))
+    x4, was_3d = checks.batched(arrays["x"], "x")
+    problem = _TransposeProblem(x4.shape, weight_shape, stride, padding, output_padding,
+                                dilation, groups)
+    _transpose_grad_out(arrays, problem, was_3d)
+    return conv2d_grad_weight(x, problem.crop(grad_out), weight_shape,
+                              **problem.conv_kwargs(algorithm))
+
+
+def conv_transpose2d_grad_bias(grad_out):
+    """Gradient of `conv_transpose2d` with respect to its bias: `conv2d_grad_bias`.
+
+    >>> import numpy as np, fastconv as fc
+    >>> fc.conv_transpose2d_grad_bias(np.ones((2, 3, 4, 4), dtype=np.float32))
+    array([32., 32., 32.], dtype=float32)
+    """
+    return conv2d_grad_bias(grad_out)

@@ -64,7 +64,7 @@ _ARRAY_KINDS = ("a NumPy array for a CPU parameter, a CuPy (or other CUDA) array
                 "one")
 from .config import ALGORITHMS
 
-__all__ = ["Parameter", "Module", "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+__all__ = ["Parameter", "Module", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
            "ReLU", "Flatten", "Linear", "Dropout", "Identity", "Sequential",
            "CrossEntropyLoss", "SGD", "Summary", "manual_seed"]
 
@@ -496,6 +496,115 @@ class Conv2d(Module):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if self.algorithm != "auto":
+            s += f", algorithm={self.algorithm!r}"
+        return s
+
+
+class ConvTranspose2d(Module):
+    """2-D transposed convolution layer, ``torch.nn.ConvTranspose2d``'s arguments (in its
+    order: ``output_padding, groups, bias, dilation``) and weight layout.
+
+    weight: ``(in_channels, out_channels // groups, kH, kW)``, bias: ``(out_channels,)``.
+    He initialisation as `Conv2d`'s, with ``fan_in`` the number of products that reach
+    one output: ``in_channels // groups * kH * kW / (sH * sW)`` (at least 1).
+    Forward is `fastconv.conv_transpose2d`, backward its gradients.
+
+    >>> from fastconv import nn
+    >>> up = nn.ConvTranspose2d(16, 8, 2, stride=2, rng=0)
+    >>> up
+    ConvTranspose2d(16, 8, kernel_size=2, stride=2)
+    >>> up.output_shape((1, 16, 7, 7))
+    (1, 8, 14, 14)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, algorithm="auto",
+                 dtype=np.float32, rng=None, init="kaiming_normal"):
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.kernel_size = shapes.pair(kernel_size, "kernel_size")
+        self.groups = _positive_int(groups, "groups")
+        if self.in_channels % self.groups:
+            raise ValueError(f"in_channels={in_channels} must be divisible by groups={groups}")
+        if self.out_channels % self.groups:
+            raise ValueError(f"out_channels={out_channels} must be divisible by groups={groups}")
+        # checks stride, padding, output_padding and dilation (output size: at forward)
+        geometry = shapes.conv_transpose_geometry((2**20, 2**20), self.kernel_size, stride,
+                                                  padding, output_padding, dilation)
+        self.stride, _, self.output_padding, self.dilation = geometry[:4]
+        self.padding = padding
+        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        self.algorithm = algorithm
+        self.dtype = _check_dtype(dtype)
+        init = _check_init(init)
+        bias = _check_bool(bias, "bias")
+        og = self.out_channels // self.groups
+        fan_in = max(1, (self.in_channels // self.groups) * self.kernel_size[0]
+                     * self.kernel_size[1] // (self.stride[0] * self.stride[1]))
+        self.weight = Parameter(_kaiming(_rng(rng), (self.in_channels, og) + self.kernel_size,
+                                         fan_in, init, self.dtype), "weight")
+        self.bias = Parameter(np.zeros(self.out_channels, self.dtype), "bias") if bias else None
+        self._x = None
+
+    def _geometry(self):
+        return dict(stride=self.stride, padding=self.padding,
+                    output_padding=self.output_padding, groups=self.groups,
+                    dilation=self.dilation, algorithm=self.algorithm)
+
+    def forward(self, x):
+        x = _as_array(x)
+        shape = tuple(x.shape)
+        if len(shape) in (3, 4) and shape[-3] != self.in_channels:
+            raise ValueError(
+                f"{self!r} expects {self.in_channels} input channels, got input of shape "
+                f"{shape}")
+        self._x = x
+        return F.conv_transpose2d(x, self.weight.data,
+                                  None if self.bias is None else self.bias.data,
+                                  **self._geometry())
+
+    def backward(self, grad_out):
+        if self._x is None:
+            raise RuntimeError("ConvTranspose2d.backward called before forward")
+        x = self._x
+        # the input gradient first: it checks grad_out before any parameter is touched
+        grad_x = F.conv_transpose2d_grad_input(grad_out, self.weight.data, tuple(x.shape),
+                                               **self._geometry())
+        grad_out = _as_array(grad_out, "grad_out")
+        if self.weight.requires_grad:
+            self.weight.accumulate(F.conv_transpose2d_grad_weight(
+                grad_out, x, self.weight.shape, **self._geometry()))
+        if self.bias is not None and self.bias.requires_grad:
+            go = grad_out if grad_out.ndim == 4 else grad_out.reshape((1,) + tuple(grad_out.shape))
+            self.bias.accumulate(F.conv_transpose2d_grad_bias(go))
+        return grad_x
+
+    def output_shape(self, input_shape):
+        n, c, h, w = _image_shape(input_shape, "ConvTranspose2d")
+        if c != self.in_channels:
+            raise ValueError(
+                f"{self!r} expects {self.in_channels} input channels, got input shape "
+                f"{tuple(input_shape)}")
+        out_hw = shapes.conv_transpose_geometry((h, w), self.kernel_size, self.stride,
+                                                self.padding, self.output_padding,
+                                                self.dilation)[4]
+        return _restore_batch((n, self.out_channels) + out_hw, (n,))
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={_fmt_pair(self.kernel_size)}, "
+             f"stride={_fmt_pair(self.stride)}")
+        if self.padding not in (0, (0, 0)):
+            s += f", padding={self.padding!r}"
+        if self.output_padding != (0, 0):
+            s += f", output_padding={_fmt_pair(self.output_padding)}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.dilation != (1, 1):
+            s += f", dilation={_fmt_pair(self.dilation)}"
         if self.algorithm != "auto":
             s += f", algorithm={self.algorithm!r}"
         return s

@@ -302,3 +302,57 @@ __all__ = ["pair", "pool_stride", "divisor", "conv_padding", "pool_padding", "ou
            "conv_geometry",
            "pool_geometry", "check_element_count", "conv_flops"]
 
+
+
+def conv_transpose_geometry(in_hw, weight_hw, stride, padding, output_padding, dilation):
+    """Normalise `conv_transpose2d` arguments and map them onto the conv2d it transposes.
+
+    Output size (PyTorch's): ``(H - 1)*stride - top - bottom + dilation*(kH - 1)
+    + output_padding + 1``; each output_padding must be smaller than its stride or its
+    dilation. The transposed convolution is the input gradient of the conv2d with padding
+    `conv_pad` whose input is `conv_in_hw` and whose output is ``in_hw``: the bottom/right
+    padding only sets that conv2d's output size, so it is chosen to give exactly ``in_hw``;
+    where output_padding >= stride, `conv_in_hw` stops short of `out_hw` (the rows and
+    columns past it receive no input and are zero).
+
+    Returns (stride, padding4, output_padding, dilation, out_hw, conv_pad, conv_in_hw).
+
+    >>> conv_transpose_geometry((4, 4), (3, 3), 2, 1, 1, 1)[4]
+    (8, 8)
+    """
+    stride = pair(stride, "stride")
+    dilation = pair(dilation, "dilation")
+    if isinstance(padding, str):
+        raise ValueError(
+            f"padding must be an int, a pair or ((top, bottom), (left, right)) for a "
+            f"transposed convolution, got {padding!r} (as in PyTorch)")
+    padding = conv_padding(padding, weight_hw, dilation, stride)
+    output_padding = pair(output_padding, "output_padding", minimum=0)
+    if any(op >= s and op >= d for op, s, d in zip(output_padding, stride, dilation)):
+        raise ValueError(
+            f"output_padding must be smaller than either stride or dilation, got "
+            f"output_padding={output_padding} with stride={stride} and dilation={dilation}")
+    out_hw, conv_pad, conv_in_hw = [], [], []
+    for axis in range(2):
+        size, kernel, s, d, op = (in_hw[axis], weight_hw[axis], stride[axis],
+                                  dilation[axis], output_padding[axis])
+        before, after = padding[2 * axis], padding[2 * axis + 1]
+        out = (size - 1) * s - before - after + d * (kernel - 1) + op + 1
+        if out < 1:
+            raise ValueError(
+                f"the transposed convolution's output would have size {out} along "
+                f"{'HW'[axis]} (input {size}, kernel {kernel}, stride {s}, dilation {d}, "
+                f"padding {before}+{after}, output_padding {op}); it must be >= 1")
+        # conv2d's output is floor((in + before + after' - d*(k-1) - 1) / s) + 1 == size
+        # when 0 <= op + after' - after < s
+        conv_after = after if op < s else after - op + s - 1
+        missing = max(0, -conv_after)
+        out_hw.append(out)
+        conv_pad.append((before, max(0, conv_after)))
+        conv_in_hw.append(out - missing)
+    return (stride, padding, output_padding, dilation, tuple(out_hw),
+            (conv_pad[0][0], conv_pad[0][1], conv_pad[1][0], conv_pad[1][1]),
+            tuple(conv_in_hw))
+
+
+__all__.append("conv_transpose_geometry")
