@@ -6,9 +6,14 @@
     python -m fastconv bench -k resnet50 --full      # a selection / the full set
 
 Writes a markdown table (time of each implementation / PyTorch's time, min of the
-rounds, and GFLOP/s) to stdout and to ``--out`` (default docs/benchmark-results.md),
-and a bar chart of the ratios to ``--png`` (default docs/benchmark-ratios.png), headed
-by the machine (CPU model from /proc/cpuinfo), thread count and date.
+rounds, and GFLOP/s) to stdout and to ``--out`` (default ./benchmark-results.md), and a
+bar chart of the ratios to ``--png`` (default ./benchmark-ratios.png), headed by the
+machine (CPU model from /proc/cpuinfo), thread count and date. Both go to the current
+directory unless told otherwise, never into the installed package.
+
+Reporting a JSON works wherever fastconv is installed. Running the benchmarks needs
+the repository's ``benchmarks/`` folder: the one in the current directory, else the
+one next to this package when it is imported from a clone.
 """
 from __future__ import annotations
 
@@ -22,8 +27,10 @@ import subprocess
 import sys
 from collections import OrderedDict
 
+# the clone this package is imported from, if it is: an installed package has no benchmarks/
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = "torch"
+BENCH_FILE = os.path.join("benchmarks", "test_bench_cpu.py")
 
 
 def cpu_model() -> str:
@@ -38,8 +45,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_benchmarks(json_path, select=None, full=False, extra=()):
-    cmd = [sys.executable, "-m", "pytest", os.path.join(ROOT, "benchmarks", "test_bench_cpu.py"),
+def benchmarks_root(cwd=None):
+    """The repository folder whose benchmarks/test_bench_cpu.py `bench` runs: `cwd`
+    (default the current directory) or the clone this package lives in; None if neither."""
+    for root in (os.path.abspath(cwd or os.getcwd()), ROOT):
+        if os.path.isfile(os.path.join(root, BENCH_FILE)):
+            return root
+    return None
+
+
+def run_benchmarks(json_path, select=None, full=False, extra=(), root=None):
+    root = root or benchmarks_root() or ROOT
+    cmd = [sys.executable, "-m", "pytest", os.path.join(root, BENCH_FILE),
            "--benchmark-only", "-q", f"--benchmark-json={json_path}", "-p", "no:cacheprovider"]
     if select:
         cmd += ["-k", select]
@@ -48,7 +65,7 @@ def run_benchmarks(json_path, select=None, full=False, extra=()):
     if full:
         env["FASTCONV_BENCH_FULL"] = "1"
     print("running:", " ".join(cmd), file=sys.stderr)
-    return subprocess.call(cmd, env=env, cwd=ROOT)
+    return subprocess.call(cmd, env=env, cwd=root)
 
 
 def _number(value, positive=False):
@@ -169,8 +186,10 @@ def main(argv=None) -> int:
                              "output) instead of running; repeat to merge files")
     parser.add_argument("-k", dest="select", help="pytest -k selection of benchmarks")
     parser.add_argument("--full", action="store_true", help="also the large VGG layers")
-    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmark-results.md"))
-    parser.add_argument("--png", default=os.path.join(ROOT, "docs", "benchmark-ratios.png"))
+    parser.add_argument("--out", default="benchmark-results.md",
+                        help="markdown report (default: ./benchmark-results.md; '' for none)")
+    parser.add_argument("--png", default="benchmark-ratios.png",
+                        help="bar chart of the ratios (default: ./benchmark-ratios.png; '' for none)")
     args = parser.parse_args(argv)
     # checked before the benchmarks run (minutes), not when the report is written
     for option, path in (("--out", args.out), ("--png", args.png)):
@@ -179,9 +198,14 @@ def main(argv=None) -> int:
             parser.error(f"{option} {path}: the folder {folder} does not exist")
     json_paths = args.json
     if not json_paths:
+        root = benchmarks_root()
+        if root is None:
+            parser.error(f"no {BENCH_FILE} here or next to the fastconv package (an installed "
+                         "fastconv has no benchmarks): run it from a clone of the repository, "
+                         "or report an existing run with --json FILE")
         import tempfile
         json_paths = [os.path.join(tempfile.mkdtemp(prefix="fastconv-bench-"), "cpu.json")]
-        rc = run_benchmarks(json_paths[0], args.select, args.full)
+        rc = run_benchmarks(json_paths[0], args.select, args.full, root=root)
         if rc not in (0, 5) or not os.path.exists(json_paths[0]):
             print(f"benchmarks failed (exit {rc})", file=sys.stderr)
             return rc or 1

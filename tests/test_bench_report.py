@@ -15,7 +15,7 @@ def _entry(group, impl, seconds, gflops=None):
 
 
 def test_report_has_ratios_to_torch_and_a_chart(tmp_path):
-    data = {"machine_info": {"python_version": "3.11"}, "datetime": "2026-11-24T22:00:00",
+    data = {"machine_info": {"python_version": "3.11"}, "datetime": "2000-01-01T00:00:00",
             "benchmarks": [_entry("conv a", "winograd", 0.010, 120.0),
                            _entry("conv a", "torch", 0.020, 60.0),
                            _entry("pool b", "fastconv", 0.003), _entry("pool b", "torch", 0.002)]}
@@ -75,3 +75,30 @@ def test_out_in_a_missing_folder_is_a_usage_error(tmp_path, capsys):
 def test_out_that_cannot_be_written_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="cannot write"):  # a folder, not a file
         bench.main(["--json", _good_json(tmp_path), "--out", str(tmp_path), "--png", ""])
+
+
+def test_report_goes_to_the_current_directory_by_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--json", _good_json(tmp_path), "--png", ""]) == 0
+    assert "| conv a |" in (tmp_path / "benchmark-results.md").read_text()
+
+
+def test_running_without_the_benchmarks_folder_says_where_they_are(tmp_path, monkeypatch,
+                                                                   capsys):
+    # as in an installed package: no benchmarks/ here nor next to the package
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "ROOT", str(tmp_path))
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--out", "", "--png", ""])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "benchmarks" in err and "--json" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_benchmarks_are_found_in_the_current_directory(tmp_path, monkeypatch):
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "test_bench_cpu.py").write_text("")
+    monkeypatch.setattr(bench, "ROOT", str(tmp_path / "elsewhere"))
+    monkeypatch.chdir(tmp_path)
+    assert bench.benchmarks_root() == str(tmp_path)
