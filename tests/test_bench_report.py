@@ -102,3 +102,31 @@ def test_the_benchmarks_are_found_in_the_current_directory(tmp_path, monkeypatch
     monkeypatch.setattr(bench, "ROOT", str(tmp_path / "elsewhere"))
     monkeypatch.chdir(tmp_path)
     assert bench.benchmarks_root() == str(tmp_path)
+
+
+def _tuning_report():
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "tuning_report.py")
+    spec = importlib.util.spec_from_file_location("tuning_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docs_tuning_is_generated_from_the_measurements_and_the_code():
+    report = _tuning_report()
+    with open(report.OUT) as f:
+        committed = f.read()
+    assert report.render() == committed, "docs/tuning.md is stale: run benchmarks/tuning_report.py"
+
+
+def test_a_constant_gone_from_the_code_is_named(tmp_path):
+    report = _tuning_report()
+    data = {"machine": "m", "setup": "s", "harness": "h",
+            "constants": [{"names": ["NO_SUCH_CONSTANT"], "module": "fastconv.autotune",
+                           "reason": "r"}]}
+    path = tmp_path / "tuning-x.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(LookupError, match="NO_SUCH_CONSTANT"):
+        report.render([str(path)])
