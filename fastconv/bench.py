@@ -188,9 +188,21 @@ def main(argv=None) -> int:
     parser.add_argument("--full", action="store_true", help="also the large VGG layers")
     parser.add_argument("--out", default="benchmark-results.md",
                         help="markdown report (default: ./benchmark-results.md; '' for none)")
-    parser.add_argument("--png", default="benchmark-ratios.png",
-                        help="bar chart of the ratios (default: ./benchmark-ratios.png; '' for none)")
+    parser.add_argument("--png", default=None,
+                        help="bar chart of the ratios, needs matplotlib (default: "
+                             "./benchmark-ratios.png when matplotlib is installed; '' for none)")
     args = parser.parse_args(argv)
+    if args.png is None or args.png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            if args.png:
+                parser.error(f"--png {args.png}: the chart needs matplotlib "
+                             "(pip install matplotlib), or pass --png ''")
+            print("fastconv bench: no chart (matplotlib is not installed)", file=sys.stderr)
+            args.png = ""
+    if args.png is None:
+        args.png = "benchmark-ratios.png"
     # checked before the benchmarks run (minutes), not when the report is written
     for option, path in (("--out", args.out), ("--png", args.png)):
         folder = os.path.dirname(os.path.abspath(path)) if path else None

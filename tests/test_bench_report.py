@@ -15,6 +15,7 @@ def _entry(group, impl, seconds, gflops=None):
 
 
 def test_report_has_ratios_to_torch_and_a_chart(tmp_path):
+    pytest.importorskip("matplotlib")
     data = {"machine_info": {"python_version": "3.11"}, "datetime": "2000-01-01T00:00:00",
             "benchmarks": [_entry("conv a", "winograd", 0.010, 120.0),
                            _entry("conv a", "torch", 0.020, 60.0),
@@ -130,3 +131,16 @@ def test_a_constant_gone_from_the_code_is_named(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(LookupError, match="NO_SUCH_CONSTANT"):
         report.render([str(path)])
+
+
+def test_without_matplotlib_the_default_chart_is_skipped(tmp_path, monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "matplotlib", None)    # import fails
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--json", _good_json(tmp_path)]) == 0
+    assert "matplotlib" in capsys.readouterr().err
+    assert (tmp_path / "benchmark-results.md").exists()
+    assert not (tmp_path / "benchmark-ratios.png").exists()
+    with pytest.raises(SystemExit) as exc:   # asked for explicitly: a usage error
+        bench.main(["--json", _good_json(tmp_path), "--png", str(tmp_path / "c.png")])
+    assert exc.value.code == 2
