@@ -54,6 +54,32 @@ def benchmarks_root(cwd=None):
     return None
 
 
+def threads_here() -> str:
+    """CPUs and the thread counts of numba (and torch, if installed) in this process."""
+    import numba
+    threads = f"{os.cpu_count()} CPUs, numba {numba.get_num_threads()} threads"
+    try:
+        import torch
+        threads += f", torch {torch.get_num_threads()} threads"
+    except ImportError:
+        pass
+    return threads
+
+
+def machine_of(machine_info):
+    """(CPU model, threads) of the machine a JSON was measured on: as the JSON records
+    them (benchmarks/interleaved.py's fields, or pytest-benchmark's cpu.brand_raw), else
+    this machine's, marked as such."""
+    cpu = machine_info.get("cpu_model")
+    if not cpu and isinstance(machine_info.get("cpu"), dict):
+        cpu = machine_info["cpu"].get("brand_raw")
+    threads = machine_info.get("threads")
+    if cpu:
+        return str(cpu), str(threads or threads_here())
+    return (f"{cpu_model()} (the reporting machine: the JSON names no CPU)",
+            str(threads or threads_here()))
+
+
 def run_benchmarks(json_path, select=None, full=False, extra=(), root=None):
     root = root or benchmarks_root() or ROOT
     cmd = [sys.executable, "-m", "pytest", os.path.join(root, BENCH_FILE),
@@ -232,15 +258,9 @@ def main(argv=None) -> int:
     machine = data.get("machine_info")
     machine = machine if isinstance(machine, dict) else {}
     when = str(data.get("datetime") or datetime.datetime.now(datetime.timezone.utc).isoformat())
-    import numba
-    threads = f"{os.cpu_count()} CPUs, numba {numba.get_num_threads()} threads"
-    try:
-        import torch
-        threads += f", torch {torch.get_num_threads()} threads"
-    except ImportError:
-        pass
-    title = f"{cpu_model()} ({threads}); {when[:16]} UTC; float32"
-    header = (f"## fastconv CPU benchmarks\n\nMachine: {cpu_model()}, {threads}; "
+    cpu, threads = machine_of(machine)
+    title = f"{cpu} ({threads}); {when[:16]} UTC; float32"
+    header = (f"## fastconv CPU benchmarks\n\nMachine: {cpu}, {threads}; "
               f"Python {machine.get('python_version', '?')}; run {when}; float32, "
               "min of the timed rounds; OPENBLAS_THREAD_TIMEOUT="
               f"{machine.get('OPENBLAS_THREAD_TIMEOUT', 'unset')}.")

@@ -144,3 +144,16 @@ def test_without_matplotlib_the_default_chart_is_skipped(tmp_path, monkeypatch, 
     with pytest.raises(SystemExit) as exc:   # asked for explicitly: a usage error
         bench.main(["--json", _good_json(tmp_path), "--png", str(tmp_path / "c.png")])
     assert exc.value.code == 2
+
+
+def test_the_report_names_the_cpu_the_json_was_measured_on(tmp_path):
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps({"machine_info": {"cpu_model": "Some CPU 9000",
+                                                 "threads": "2 CPUs, numba 2 threads"},
+                                "benchmarks": [_entry("conv a", "torch", 0.002)]}))
+    out = tmp_path / "r.md"
+    assert bench.main(["--json", str(path), "--out", str(out), "--png", ""]) == 0
+    assert "Machine: Some CPU 9000, 2 CPUs, numba 2 threads" in out.read_text()
+    info = {"cpu": {"brand_raw": "Other CPU"}}      # pytest-benchmark's field
+    assert bench.machine_of(info)[0] == "Other CPU"
+    assert "the JSON names no CPU" in bench.machine_of({})[0]
