@@ -107,6 +107,7 @@ def test_inner_loops_are_multiply_adds(report, label, dtype, least_fma_share):
     if row["loop_instructions"] is None:
         pytest.skip("cuobjdump or nvdisasm not installed")
     assert row["loop_fmas"] > 0, row                 # a multiply-add loop was found
+    assert row["loop_local_accesses"] == 0, row      # no spills inside it
     assert row["loop_fmas"] / row["loop_instructions"] >= least_fma_share, row
 
 
