@@ -180,3 +180,44 @@ def test_dry_run_preflight_compile_and_tests_stages(tmp_path):
     assert stages["smoke"]["status"] == "pass" and stages["smoke"]["failed"] == 0
     assert stages["tests"]["reason"] == "not chosen (--stages)"
     assert _files(tmp_path) == ["logs.tar.gz", "summary.json"]
+
+
+def _fake_tool(folder, name, output, code=0):
+    path = folder / name
+    path.write_text(f"#!/bin/sh\nprintf '%s\\n' {output!r}\nexit {code}\n")
+    path.chmod(0o755)
+
+
+def test_sanitizer_and_ncu_stages_read_their_tools(gpu_run, tmp_path, monkeypatch):
+    """The GPU-only branches of the sanitizer and ncu stages, with stand-in tools
+    that print what compute-sanitizer and ncu print."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake_tool(bin_dir, "compute-sanitizer", "========= ERROR SUMMARY: 2 errors")
+    _fake_tool(bin_dir, "ncu", "  Section: GPU Speed Of Light Throughput")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    args = _args(gpu_run, tmp_path / "out")
+    args.dry_run = False
+    run = gpu_run.Run(args, {})
+    try:
+        run.stage("sanitizer", gpu_run.stage_sanitizer)
+        run.stage("ncu", gpu_run.stage_ncu)
+    finally:
+        run.close()
+    stages = run.summary["stages"]
+    assert stages["sanitizer"]["status"] == "fail"
+    assert stages["sanitizer"]["memcheck_errors"] == 2
+    assert stages["sanitizer"]["racecheck_errors"] == 2
+    assert stages["ncu"]["status"] == "pass" and stages["ncu"]["profiled_kernels"] == 1
+
+
+def test_cuda_home_from_nvcc_on_the_path(gpu_run, tmp_path, monkeypatch):
+    toolkit = tmp_path / "cuda-13.0"
+    (toolkit / "bin").mkdir(parents=True)
+    (toolkit / "nvvm" / "lib64").mkdir(parents=True)
+    (toolkit / "nvvm" / "lib64" / "libnvvm.so.4").write_bytes(b"")
+    _fake_tool(toolkit / "bin", "nvcc", "")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", f"{toolkit / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    assert gpu_run.find_cuda_home() == (str(toolkit), "nvcc on PATH")
