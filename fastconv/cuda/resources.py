@@ -258,10 +258,14 @@ def hot_loop(cubin_path: str) -> Loop | None:
 def loaded_hot_loop(kernel, cc) -> Loop | None:
     """:func:`hot_loop` of a kernel numba compiled and loaded (a ``_Kernel``, one
     overload of a dispatcher), from its cubin: what runs on the GPU, whatever NVVM."""
+    cubin = kernel._codelibrary.get_cubin(cc=tuple(cc))
+    code = getattr(cubin, "code", cubin)     # numba-cuda >= 0.2x: a cuda.core ObjectCode
+    if isinstance(code, str) and os.path.exists(code):
+        return hot_loop(code)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "loaded.cubin")
         with open(path, "wb") as f:
-            f.write(kernel._codelibrary.get_cubin(cc=tuple(cc)))
+            f.write(bytes(code))
         return hot_loop(path)
 
 
