@@ -211,6 +211,14 @@ def test_torch_roundtrip_and_kind():
 
 
 @needs_torch
+def test_torch_parameter_converts():
+    w = torch.nn.Parameter(torch.randn(4, 3, 3, 3, device="cuda"))
+    assert interop.is_device_array(w)
+    np.testing.assert_array_equal(interop.to_numba(w).copy_to_host(),
+                                  w.detach().cpu().numpy())
+
+
+@needs_torch
 def test_torch_parameter_weight_works():
     """An nn.Parameter (requires_grad=True) is read through .detach(); the result
     carries no autograd history."""
