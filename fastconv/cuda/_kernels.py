@@ -197,6 +197,6 @@ def grid_yz(n: int) -> int:
     return max(1, min(int(n), MAX_GRID_YZ))
 
 
-__all__ = ["simulated", "jit_options", "shared_alignment", "kernel_factory", "cdiv", "pow2_at_least", "pow2_at_most", "stream_or_default",
-           "launch_1d", "empty", "zeros", "fill", "grid_yz", "split_index", "output_of_tap",
+__all__ = ["simulated", "jit_options", "shared_alignment", "kernel_factory", "cdiv",
+           "pow2_at_least", "pow2_at_most", "stream_or_default", "launch_1d", "empty", "zeros", "fill", "grid_yz", "split_index", "output_of_tap",
            "SHARED_BYTES", "u64"]
