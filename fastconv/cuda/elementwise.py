@@ -46,7 +46,7 @@ def _relu_backward_kernel(grad_out, x, grad_x):
 def _make_channel_sum(dtype_name):
     accumulator = getattr(numba, dtype_name)   # float32 sums stay float32 on the GPU
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def channel_sum(grad_out, out):
         # One block per channel; threads stride over (n, pixel) and reduce in
         # shared memory in a fixed order, so the result is deterministic.
