@@ -89,6 +89,9 @@ def main(argv=None) -> int:
         from . import demo
         return demo.main(rest) or 0
     if args.command == "filters":
+        if "--dask" in rest:
+            from . import dask
+            return dask.main(rest) or 0
         from . import filters
         return filters.main(rest) or 0
     from . import bench
