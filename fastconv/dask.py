@@ -31,9 +31,9 @@ the graph once per channel chunk as a key of its own, which every block of that
 chunk references: a scheduler sends it to each worker once.
 
 The results are those of the in-memory call on the same data: bitwise for pooling,
-ReLU and a convolution with a fixed ``algorithm``; with ``algorithm="auto"`` each block
-picks its algorithm from its own shape, which may differ from the whole image's pick
-in the last bits of float32 (within fastconv's accuracy contract).
+ReLU and ``algorithm="direct"``; im2col's GEMMs and Winograd's tiles round a block
+differently from the whole image, and ``"auto"`` picks each block's algorithm from its
+own shape, so those agree within fastconv's accuracy contract.
 
 See docs/dask.md.
 """
@@ -54,7 +54,10 @@ from dask.array.core import concatenate3
 from dask.array.utils import asarray_safe, meta_from_array
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
-from dask.task_spec import DataNode, Task, TaskRef
+try:
+    from dask.task_spec import DataNode, Task, TaskRef
+except ImportError:       # Dask before the task spec was public (2025.1 to 2025.2)
+    from dask._task_spec import DataNode, Task, TaskRef
 
 from . import api, filters, shapes
 from .config import ALGORITHMS
@@ -104,11 +107,14 @@ def _concrete(obj, name, x):
 # Geometry: which input rows each output block reads
 # --------------------------------------------------------------------------
 
-def _axis_plan(in_chunks, size, out_size, kernel, stride, dilation, pad_before, pad_after):
+def _axis_plan(in_chunks, size, out_size, kernel, stride, dilation, pad_before, pad_after,
+               zero_padding=False):
     """Output blocks along one axis: (out_count, lo, hi, pad_lo, pad_hi) each, where
-    input [lo, hi) plus pad_lo/pad_hi of the padding is exactly what the block's
-    windows read (pad_hi drops a ceil-mode window's overhang past the padding, as the
-    whole-array call does)."""
+    input [lo, hi) plus pad_lo/pad_hi of padding is what the block's windows read
+    (pad_hi drops a ceil-mode window's overhang past the padding, as the whole-array
+    call does). With `zero_padding` (convolution) rows at the ends that no tap reads
+    (large padding, sparse taps) are left out and padded instead, so [lo, hi) runs
+    from the first row a tap reads to the last."""
     span = dilation * (kernel - 1) + 1
     centre = (span - 1) // 2
     bounds = np.cumsum((0,) + tuple(in_chunks))
@@ -121,14 +127,17 @@ def _axis_plan(in_chunks, size, out_size, kernel, stride, dilation, pad_before, 
     def window(o0, o1):
         start = o0 * stride - pad_before          # input index of the first tap
         stop = (o1 - 1) * stride - pad_before + span
+        if zero_padding:
+            return (start, stop) + _rows_read(o0, o1, size, kernel, stride, dilation,
+                                              pad_before)
         return start, stop, max(start, 0), min(stop, size)
 
     def reads_input(r):
         _, _, lo, hi = window(*r)
         return hi > lo
 
-    # a block whose windows lie wholly in the padding (possible at the ends with
-    # large padding) joins its neighbour, which reads the input
+    # a block whose windows read no input (possible at the ends with large padding
+    # or dilation) joins its neighbour
     while len(ranges) > 1 and not reads_input(ranges[0]):
         ranges[:2] = [(ranges[0][0], ranges[1][1])]
     while len(ranges) > 1 and not reads_input(ranges[-1]):
@@ -138,9 +147,24 @@ def _axis_plan(in_chunks, size, out_size, kernel, stride, dilation, pad_before, 
         start, stop, lo, hi = window(o0, o1)
         if hi <= lo:   # every window of the axis is in the padding: the whole-axis call
             plan.append((o1 - o0, 0, size, pad_before, pad_after))
-        else:
-            plan.append((o1 - o0, lo, hi, lo - start, min(stop - hi, pad_after)))
+            continue
+        # zero padding may stand for rows no tap reads; pooling's padding may not
+        pad_hi = stop - hi if zero_padding else min(stop - hi, pad_after)
+        plan.append((o1 - o0, lo, hi, lo - start, pad_hi))
     return plan
+
+
+def _rows_read(o0, o1, size, kernel, stride, dilation, pad_before):
+    """[first, last + 1) of the input rows that taps of outputs [o0, o1) read."""
+    first, last = size, -1
+    for t in range(kernel):
+        offset = t * dilation - pad_before
+        lo_o, hi_o = shapes.valid_range(offset, stride, size, o1)  # outputs reading inside
+        lo_o = max(lo_o, o0)
+        if lo_o < hi_o:
+            first = min(first, lo_o * stride + offset)
+            last = max(last, (hi_o - 1) * stride + offset)
+    return first, last + 1
 
 
 def _pieces(bounds, lo, hi):
@@ -248,7 +272,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     >>> bool((y.compute() == fc.conv2d(x.compute(), np.ones((1, 1, 3, 3)), padding="same")).all())
     True
     """
-    _check_dask(x, "x", (3, 4), "conv2d")
+    _check_dask(x, "x", (4, 3), "conv2d")
     squeeze = x.ndim == 3
     x4 = x[None] if squeeze else x
     weight = _concrete(weight, "weight", x)
@@ -282,8 +306,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     name = f"fastconv-conv2d-{token}"
     (kh, kw), (sh, sw), (dh, dw) = w.shape[2:], problem.stride, problem.dilation
     top, bottom, left, right = problem.padding
-    hplans = _axis_plan(x4.chunks[2], x4.shape[2], problem.out_hw[0], kh, sh, dh, top, bottom)
-    wplans = _axis_plan(x4.chunks[3], x4.shape[3], problem.out_hw[1], kw, sw, dw, left, right)
+    hplans = _axis_plan(x4.chunks[2], x4.shape[2], problem.out_hw[0], kh, sh, dh, top, bottom,
+                        zero_padding=True)
+    wplans = _axis_plan(x4.chunks[3], x4.shape[3], problem.out_hw[1], kw, sw, dw, left, right,
+                        zero_padding=True)
     graph = _WindowGraph(x4, token)
     layer = graph.layer
     out_channel_chunks, channel_params = [], []
@@ -334,16 +360,17 @@ def _pool_graph(x, what, kernel_size, stride, padding, dilation, ceil_mode, bloc
     wplans = _axis_plan(x.chunks[3], x.shape[3], out_hw[1], kernel_size[1], stride[1],
                         dilation[1], left, right)
     graph = _WindowGraph(x, token)
+    channels = [c for c, size in enumerate(x.chunks[1]) if size]   # empty chunks drop out
     for n in range(len(x.chunks[0])):
-        for c in range(len(x.chunks[1])):
+        for oc, c in enumerate(channels):
             for oh, hplan in enumerate(hplans):
                 for ow, wplan in enumerate(wplans):
-                    key = (name, n, c, oh, ow)
+                    key = (name, n, oc, oh, ow)
                     refs, layout = graph.window(n, c, hplan, wplan, (oh, ow))
                     local = (kernel_size, stride, _padding(hplan, wplan), dilation, ceil_mode)
                     graph.layer[key] = Task(key, block, layout, local, hplan, wplan,
                                             params, *refs)
-    chunks = (x.chunks[0], x.chunks[1], tuple(p[0] for p in hplans),
+    chunks = (x.chunks[0], tuple(x.chunks[1][c] for c in channels), tuple(p[0] for p in hplans),
               tuple(p[0] for p in wplans))
     return name, graph.layer, chunks
 
