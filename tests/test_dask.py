@@ -341,7 +341,7 @@ def client():
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None, worker_dashboard_address=None,
-                                  silence_logs=40) as cluster, \
+                                  silence_logs=50) as cluster, \
             distributed.Client(cluster) as client:
         yield client
 
@@ -404,3 +404,13 @@ def test_cli_filters_dask(tmp_path):
                          capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert bad.returncode == 2 and "--lm-size must be an odd int" in bad.stderr
+
+
+def test_docs_and_docstring_examples():
+    import doctest
+    flags = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "dask.md")
+    failures, tried = doctest.testfile(path, module_relative=False, optionflags=flags)
+    assert tried > 0 and failures == 0
+    failures, tried = doctest.testmod(fcd, optionflags=flags)
+    assert tried > 0 and failures == 0
