@@ -7,9 +7,9 @@ per chunk.
 Each run computes the 48 full-size responses into this process (the Dask runs gather
 them from the workers). Every configuration is warmed up first (numba's compiled
 kernels load in each worker process) and then timed --repeat times, the fastest run
-counting; the image and the bank are the same. Workers have one Dask thread each, and numba's threads are shared out
-between them (NUMBA_NUM_THREADS = cores // workers), so each configuration uses the
-whole machine. Overhead per chunk, two ways:
+counting; the image and the bank are the same. Workers have one Dask thread each, and
+numba's threads are shared out between them (NUMBA_NUM_THREADS = cores // workers), so
+each configuration uses the whole machine. Overhead per chunk, two ways:
 - scheduling: (1-worker time - the same blocks' in-memory calls, one after another in
   this process) / chunks: what Dask adds to each block (tasks, halo slices, transfers,
   concatenation), with the block sizes of the real run;

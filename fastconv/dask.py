@@ -293,6 +293,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
         ok, why = api.winograd_supports(w.shape, problem.stride, problem.dilation)
         if not ok:
             raise ValueError(f"algorithm='winograd' is not available here: {why}")
+    # the graph holds the caller's kind of array (CuPy stays CuPy), sliced per chunk
+    w_source = weight if _is_device(weight) else np.asarray(weight)
+    b_source = bias if bias is None or _is_device(bias) else np.asarray(bias)
     per_group = w.shape[1]
     out_per_group = w.shape[0] // problem.groups
     channel_bounds = np.cumsum((0,) + x4.chunks[1])
@@ -318,9 +321,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
             continue
         g0, g1 = int(c0) // per_group, int(c1) // per_group
         k0, k1 = g0 * out_per_group, g1 * out_per_group
-        w_key = _on_device_of(layer, _data_key(layer, "fastconv-weight", w[k0:k1]), x._meta)
+        w_key = _on_device_of(layer, _data_key(layer, "fastconv-weight", w_source[k0:k1]),
+                              x._meta)
         b_key = None if bias is None else _on_device_of(
-            layer, _data_key(layer, "fastconv-bias", arrays["bias"][k0:k1]), x._meta)
+            layer, _data_key(layer, "fastconv-bias", b_source[k0:k1]), x._meta)
         out_channel_chunks.append(k1 - k0)
         channel_params.append((c, w_key, b_key, g1 - g0))
     for n in range(len(x4.chunks[0])):
@@ -541,7 +545,8 @@ def parse_args(argv):
                    help="a PNG/JPEG (resized to --size) or a 2-D .npy (memory-mapped, "
                         "filtered at its own size); default: the bundled sample photo")
     p.add_argument("--dask", action="store_true", help="(this command)")
-    p.add_argument("--out", default="fastconv-filters", help="output folder (default ./fastconv-filters/)")
+    p.add_argument("--out", default="fastconv-filters",
+                   help="output folder (default ./fastconv-filters/)")
     p.add_argument("--size", type=int, default=2048,
                    help="resize a picture's longer side to this many pixels (default 2048)")
     p.add_argument("--chunk", type=int, default=512,
