@@ -49,7 +49,10 @@ import numpy as np
 
 # Absolute imports: this module is fastconv.dask, and `import dask` here is the
 # top-level Dask package (Python 3 imports are absolute).
-import dask.array as da
+try:
+    import dask.array as da
+except ImportError as exc:
+    raise ImportError(f"fastconv.dask needs Dask ({exc}): pip install 'fastconv[dask]'") from exc
 from dask.array.core import concatenate3
 from dask.array.utils import asarray_safe, meta_from_array
 from dask.base import tokenize
@@ -547,10 +550,10 @@ def parse_args(argv):
     p.add_argument("--dask", action="store_true", help="(this command)")
     p.add_argument("--out", default="fastconv-filters",
                    help="output folder (default ./fastconv-filters/)")
-    p.add_argument("--size", type=int, default=2048,
-                   help="resize a picture's longer side to this many pixels (default 2048)")
-    p.add_argument("--chunk", type=int, default=512,
-                   help="chunk side in pixels (default 512; each block's 48 responses take "
+    p.add_argument("--size", type=int, default=1024,
+                   help="resize a picture's longer side to this many pixels (default 1024)")
+    p.add_argument("--chunk", type=int, default=256,
+                   help="chunk side in pixels (default 256; each block's 48 responses take "
                         "48 * chunk^2 * 4 bytes)")
     p.add_argument("--lm-size", type=int, default=49,
                    help=f"Leung-Malik filter size (odd, 3..{filters.LM_MAX_SIZE}, default 49)")
