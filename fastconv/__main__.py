@@ -94,6 +94,12 @@ def main(argv=None) -> int:
         from . import demo
         return demo.main(rest) or 0
     if args.command == "filters":
+        if "--dask" in rest:
+            try:
+                from . import dask
+            except ImportError as exc:
+                raise SystemExit(f"fastconv filters --dask: {exc}") from None
+            return dask.main(rest) or 0
         from . import filters
         return filters.main(rest) or 0
     from . import bench
