@@ -62,8 +62,8 @@ try:
 except ImportError:       # Dask before the task spec was public (2025.1 to 2025.2)
     from dask._task_spec import DataNode, Task, TaskRef
 
-from . import api, filters, shapes
-from .config import ALGORITHMS
+from . import api, checks, filters, shapes
+from .plan import ALGORITHMS
 
 __all__ = ["conv2d", "max_pool2d", "avg_pool2d", "relu", "apply_bank", "leung_malik",
            "classic_bank", "main"]
@@ -84,11 +84,11 @@ def _check_dask(x, name, ndims, what):
     if any(math.isnan(c) for axis in x.chunks for c in axis):
         raise ValueError(
             f"{name} has unknown chunk sizes {x.chunks}; call {name}.compute_chunk_sizes() first")
-    api._check_float(x.dtype, name, x)
+    checks.array_dtype(x.dtype, name, x)
 
 
 def _is_device(meta) -> bool:
-    return api._looks_like_device(meta)
+    return checks.is_device_array(meta)
 
 
 def _concrete(obj, name, x):
@@ -285,7 +285,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     if arrays.dtype != x.dtype:
         raise TypeError(f"arrays must share one dtype, got x is {x.dtype}, weight is "
                         f"{arrays.dtype}; cast them to float32 or float64 first")
-    problem = api._ConvProblem(x4.shape, tuple(w.shape), stride, padding, dilation, groups)
+    problem = api.conv_problem(x4.shape, tuple(w.shape), stride, padding, dilation, groups)
     if bias is not None and tuple(arrays["bias"].shape) != (w.shape[0],):
         raise ValueError(
             f"bias must have shape ({w.shape[0]},) to match weight's output channels, "
@@ -356,7 +356,7 @@ def _array(name, layer, x, chunks, meta):
 
 def _pool_graph(x, what, kernel_size, stride, padding, dilation, ceil_mode, block, params):
     """The graph of a pooling: every block is `block(window, local_padding, *params)`."""
-    ceil_mode = api._check_bool(ceil_mode, "ceil_mode")
+    ceil_mode = checks.check_bool(ceil_mode, "ceil_mode")
     kernel_size, stride, padding, dilation, out_hw, _ = api._pool_problem(
         x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     token = tokenize(what, x.name, kernel_size, stride, padding, dilation, ceil_mode, params)
@@ -417,7 +417,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
            [13., 15.]])
     """
     _check_dask(x, "x", (4,), "max_pool2d")
-    return_indices = api._check_bool(return_indices, "return_indices")
+    return_indices = checks.check_bool(return_indices, "return_indices")
     what = "max_pool2d_with_indices" if return_indices else "max_pool2d"
     name, layer, chunks = _pool_graph(x, what, kernel_size, stride, padding, dilation,
                                       ceil_mode, _max_pool_block,
@@ -454,8 +454,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
            [10.5, 12.5]])
     """
     _check_dask(x, "x", (4,), "avg_pool2d")
-    count_include_pad = api._check_bool(count_include_pad, "count_include_pad")
-    api._divisor(divisor_override)
+    count_include_pad = checks.check_bool(count_include_pad, "count_include_pad")
+    checks.divisor(divisor_override)
     name, layer, chunks = _pool_graph(x, "avg_pool2d", kernel_size, stride, padding, 1,
                                       ceil_mode, _avg_pool_block,
                                       (count_include_pad, divisor_override))
@@ -498,7 +498,7 @@ def apply_bank(image, weight, algorithm="auto"):
         raise ValueError(
             f"image must be 2-D (H, W) or a 3-D stack of frames (N, H, W), got shape {image.shape}")
     dtype = getattr(weight, "dtype", None)
-    if dtype is not None and np.dtype(dtype) in api._FLOAT_DTYPES and image.dtype != dtype:
+    if dtype is not None and np.dtype(dtype) in checks.FLOAT_DTYPES and image.dtype != dtype:
         image = image.astype(dtype)
     x = image[None, None] if image.ndim == 2 else image[:, None]
     out = conv2d(x, weight, padding="same", algorithm=algorithm)
@@ -506,7 +506,7 @@ def apply_bank(image, weight, algorithm="auto"):
 
 
 def _bank_dtype(image):
-    if isinstance(image, da.Array) and np.dtype(image.dtype) in api._FLOAT_DTYPES:
+    if isinstance(image, da.Array) and np.dtype(image.dtype) in checks.FLOAT_DTYPES:
         return image.dtype
     return np.dtype(np.float32)
 
