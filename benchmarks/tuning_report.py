@@ -56,7 +56,7 @@ def find(name, module):
 def shown(name, value):
     """A constant's value as the page shows it."""
     if callable(value):
-        return "a rule in code"
+        return f"`{name}()`"
     if isinstance(value, int) and not isinstance(value, bool):
         if name.endswith("BYTES"):
             unit, size = ("MiB", 2**20) if value >= 2**20 else ("KiB", 2**10)
@@ -133,7 +133,7 @@ def render(paths=None):
             lines += [f"### `{module}`", ""]
             for entry, found in entries:
                 names = [(q.rsplit(".", 1)[1], v) for q, v in found]
-                title = ", ".join(f"`{name}()`: {shown(name, v)}" if callable(v)
+                title = ", ".join(f"`{name}()`" if callable(v)
                                   else f"`{name}` = {shown(name, v)}" for name, v in names)
                 lines += [f"#### {title}", "", entry["reason"], ""]
                 if entry.get("columns"):
