@@ -14,7 +14,7 @@ from __future__ import annotations
 # Winograd pays filter, input and output transforms per call; it wins when the GEMMs
 # dominate: enough channels (per group) and enough output pixels.
 WINOGRAD_MIN_CHANNELS = 16             # fewer: the transforms cost more than they save
-WINOGRAD_MIN_CHANNELS_CUDA = 32        # the CUDA tiled GEMM wins below this
+WINOGRAD_MIN_CHANNELS_CUDA = 32        # a guess until measured on a GPU: docs/tuning.md
 # Fewer pixels (N * out_h * out_w): the per-call filter transform dominates
 # (8x512x7x7 measured), unless the filter is kept (KEPT_FILTER_* below).
 WINOGRAD_MIN_PIXELS = 1024
