@@ -170,10 +170,9 @@ def last_plan():
     return getattr(_last, "plan", None)
 
 
-def describe(problem, device, operation, algorithm, chosen, values_seen):
+def describe(problem, device, operation, chosen):
     """One line for fc.explain: the problem, the algorithm (Winograd with its F(m, r))
-    and the reason; without the operands' values (`values_seen` False) it says what
-    step 4 would do with them."""
+    and the reason."""
     name = chosen.algorithm
     tile = chosen.options.get("tile")
     if tile is not None:
@@ -182,11 +181,8 @@ def describe(problem, device, operation, algorithm, chosen, values_seen):
         if operation == "conv2d_grad_weight":     # F(r x r, m x m): the roles swap
             sizes.reverse()
         name += f" F({sizes[0]},{sizes[1]})"
-    reason = chosen.reason
-    if not values_seen and algorithm == "auto" and chosen.algorithm == "winograd":
-        reason += "; operands holding a NaN or Inf take im2col"
     return (f"{operation} {problem.x_shape} * {problem.w_shape} -> {problem.out_shape} "
-            f"on {device}: {name} ({reason})")
+            f"on {device}: {name} ({chosen.reason})")
 
 
 __all__ = ["Plan", "plan", "last_plan", "winograd_supports", "winograd_safe", "describe",
