@@ -79,7 +79,8 @@ def _all_finite(arr) -> bool:
 def winograd_safe(operands):
     """(ok, reason): whether `auto` may run Winograd on these arrays. Its transforms
     mix a whole tile, so a NaN or Inf would spread to outputs PyTorch leaves finite.
-    Step 4 of the plan; the one function a finer rule replaces."""
+    Step 4 of the plan; `operands` are (name, array) pairs. A finer rule (the operands'
+    dynamic range) replaces the `_all_finite` test here, and nowhere else."""
     for name, arr in operands:
         if not _all_finite(arr):
             return False, f"{name} holds a NaN or Inf, which Winograd would spread over its tile"
@@ -132,9 +133,9 @@ def plan(problem, device, operation, algorithm, operands=(), weight=None, record
 
     operands: (name, array) pairs whose values step 4 looks at; weight: the
     C-contiguous CPU weight of a forward call, for step 3. With record=False (explain)
-    step 3 is not asked: it records the weights it sees, so that a later call can tell
-    a repeat; the plan then says what a repeat would run. record=True also makes this
-    plan `last_plan()`.
+    step 3 is not asked, since asking records the weights (that is how a later call
+    tells a repeat): the plan is the one for weights seen the first time, and its reason
+    says that a repeat runs Winograd. record=True also makes this plan `last_plan()`.
     """
     if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
