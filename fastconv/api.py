@@ -512,10 +512,12 @@ def explain(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, device=
     themselves; `grad_out` is the gradient array of the backward operations. Given the
     operands a call looks at (conv2d: x and the weight; conv2d_grad_input: grad_out
     and the weight; conv2d_grad_weight: grad_out and x), explain applies the plan's
-    value step too (a NaN or Inf, a possible overflow or an outlier takes im2col instead
-    of Winograd; with one of the two arrays, its NaN or Inf only); given shapes, it says
-    what that step would do. It never records the weights, so it cannot tell whether a
-    call would repeat an earlier call's; where that matters the reason says so.
+    value step too: `auto` takes im2col instead of Winograd for operands with a NaN or
+    Inf, values that could overflow in its transforms, or an outlier whose error would
+    spread over its tile (with one of the two arrays, its NaN or Inf only). Given
+    shapes, it answers for ordinary finite operands. It never records the weights, so
+    it cannot tell whether a call would repeat an earlier call's; where that matters
+    (a kept Winograd filter) the reason says so.
     `device` defaults to the arrays' device, else "cpu".
 
     >>> import numpy as np, fastconv as fc
@@ -551,8 +553,7 @@ def explain(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, device=
     operands = tuple((name, x4 if name == "x" else arrays[name])
                      for name in looked_at if name in given)
     chosen = plan(problem, device, operation, algorithm, operands, record=False)
-    return describe(problem, device, operation, algorithm, chosen,
-                    values_seen=len(operands) == len(looked_at))
+    return describe(problem, device, operation, chosen)
 
 
 # --------------------------------------------------------------------------

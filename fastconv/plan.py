@@ -130,9 +130,9 @@ def plan(problem, device, operation, algorithm, operands=(), weight=None, record
 
     operands: (name, array) pairs whose values step 4 looks at; weight: the
     C-contiguous CPU weight of a forward call, for step 3. With record=False (explain)
-    step 3 is not asked: it records the weights it sees, so that a later call can tell
-    a repeat; the plan then says what a repeat would run. record=True also makes this
-    plan `last_plan()`.
+    step 3 is not asked, since asking records the weights (that is how a later call
+    tells a repeat): the plan is the one for weights seen the first time, and its reason
+    says that a repeat runs Winograd. record=True also makes this plan `last_plan()`.
     """
     if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
@@ -168,10 +168,9 @@ def last_plan():
     return getattr(_last, "plan", None)
 
 
-def describe(problem, device, operation, algorithm, chosen, values_seen):
+def describe(problem, device, operation, chosen):
     """One line for fc.explain: the problem, the algorithm (Winograd with its F(m, r))
-    and the reason; without the operands' values (`values_seen` False) it says what
-    step 4 would do with them."""
+    and the reason."""
     name = chosen.algorithm
     tile = chosen.options.get("tile")
     if tile is not None:
@@ -180,12 +179,8 @@ def describe(problem, device, operation, algorithm, chosen, values_seen):
         if operation == "conv2d_grad_weight":     # F(r x r, m x m): the roles swap
             sizes.reverse()
         name += f" F({sizes[0]},{sizes[1]})"
-    reason = chosen.reason
-    if not values_seen and algorithm == "auto" and chosen.algorithm == "winograd":
-        reason += ("; operands with a NaN or Inf, values that could overflow in the "
-                   "transforms or outliers take im2col")
     return (f"{operation} {problem.x_shape} * {problem.w_shape} -> {problem.out_shape} "
-            f"on {device}: {name} ({reason})")
+            f"on {device}: {name} ({chosen.reason})")
 
 
 __all__ = ["Plan", "plan", "last_plan", "winograd_supports", "winograd_safe", "describe",

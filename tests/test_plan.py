@@ -61,7 +61,7 @@ def assert_explain_names_what_ran(operation, arrays, x_shape, w_shape, algorithm
         return
     problem = api.conv_problem(x_shape, w_shape, kw["stride"], kw["padding"],
                                kw["dilation"], kw["groups"])
-    used = plan.describe(problem, "cpu", operation, algorithm, fc.plan.last_plan(), True)
+    used = plan.describe(problem, "cpu", operation, fc.plan.last_plan())
     assert said[1] == used
 
 
@@ -174,11 +174,15 @@ def test_the_cuda_weight_gradient_runs_what_explain_says():
     assert f"on cuda: im2col ({ran.reason})" in said
 
 
-def test_explain_without_values_names_the_value_step():
-    text = fc.explain((1, 64, 32, 32), (64, 64, 3, 3), padding=1)
-    assert "winograd F(4x4,3x3) (" in text and "outliers take im2col" in text
-    assert "NaN" not in fc.explain((1, 64, 32, 32), (64, 64, 3, 3), padding=1,
-                                   algorithm="winograd")
+def test_explain_given_shapes_answers_for_finite_operands():
+    shapes_only = fc.explain((1, 64, 32, 32), (64, 64, 3, 3), padding=1)
+    x, w = np.ones((1, 64, 32, 32), np.float32), np.ones((64, 64, 3, 3), np.float32)
+    assert fc.explain(x, w, padding=1) == shapes_only
+    assert "winograd F(4x4,3x3) (" in shapes_only
+    x[0, 0, 0, 0] = np.inf
+    assert "on cpu: im2col (x is not finite" in fc.explain(x, w, padding=1)
+    assert "on cpu: winograd F(4x4,3x3) (requested" in fc.explain(x, w, padding=1,
+                                                                  algorithm="winograd")
 
 
 def test_explain_refuses_arrays_on_another_device():
