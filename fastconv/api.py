@@ -10,14 +10,15 @@ plan's shape steps, the backend module) is memoised, so a warm call costs little
 from __future__ import annotations
 
 import functools
+import math
 import importlib
 
 import numpy as np
 
 from . import checks, jitcache, shapes
 from .checks import ACCEPTED as _ACCEPTED
-from .plan import (ALGORITHMS, CONV_OPERATIONS, DEVICES, describe, last_plan,  # noqa: F401
-                   plan, winograd_supports)
+from .plan import (ALGORITHMS, CONV_OPERATIONS, DEVICES, cpu_threads,  # noqa: F401
+                   describe, last_plan, plan, winograd_supports)
 from .threads import cpu_slot
 
 
@@ -122,6 +123,7 @@ class _ConvProblem:
         self.x_shape, self.w_shape = tuple(x_shape), tuple(w_shape)
         self.out_shape = (x_shape[0], w_shape[0]) + self.out_hw
         shapes.check_element_count(self.out_shape, "the output")
+        self.flops = shapes.conv_flops(self.x_shape, self.w_shape, self.out_hw)
         self.plans = {}
 
     def geometry(self):
@@ -164,9 +166,10 @@ def _module(device, algorithm):
     return importlib.import_module(f"fastconv.{device}.{algorithm}")
 
 
-def _call(module, name, arrays, *args, **options):
+def _call(module, name, arrays, *args, work, **options):
     """module.name(*args, **options) on the arrays' device: the caller's stream on
-    CUDA; on the CPU a fair share of the threads, surviving a broken JIT cache."""
+    CUDA; on the CPU the threads the plan gives `work` (`plan.cpu_threads`), surviving
+    a broken JIT cache."""
     function = getattr(module, name)     # looked up per call: tests replace backends
     if options:
         function = functools.partial(function, **options)
@@ -174,7 +177,7 @@ def _call(module, name, arrays, *args, **options):
         return function(*args, stream=arrays.stream())
     # Non-finite operands give NaN/Inf results, as in PyTorch, without NumPy's
     # RuntimeWarnings from inside our GEMMs.
-    with cpu_slot(), np.errstate(over="ignore", invalid="ignore"):
+    with cpu_slot(cpu_threads(work)), np.errstate(over="ignore", invalid="ignore"):
         return jitcache.call(function, *args)
 
 
@@ -221,7 +224,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
         x4 = np.ascontiguousarray(x4)
     out = _call(_module(arrays.device, chosen.algorithm), "conv2d", arrays, x4, weight_c,
                 arrays.contiguous("bias"), problem.stride, problem.padding,
-                problem.dilation, problem.groups, problem.out_hw, **chosen.options)
+                problem.dilation, problem.groups, problem.out_hw, work=problem.flops,
+                **chosen.options)
     return arrays.give_back(out, squeeze)
 
 
@@ -261,7 +265,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
         return arrays.give_back(arrays.empty(x_shape), was_3d)
     grad_input = _call(_module(arrays.device, chosen.algorithm), "conv2d_grad_input", arrays,
                        go, arrays.contiguous("weight"), x_shape, *problem.geometry(),
-                       **chosen.options)
+                       work=problem.flops, **chosen.options)
     return arrays.give_back(grad_input, was_3d)
 
 
@@ -291,7 +295,8 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride=1, padding=0, dilation=
     if arrays.device == "cpu":
         x4 = np.ascontiguousarray(x4)
     grad_weight = _call(_module(arrays.device, chosen.algorithm), "conv2d_grad_weight", arrays,
-                        go, x4, weight_shape, *problem.geometry(), **chosen.options)
+                        go, x4, weight_shape, *problem.geometry(), work=problem.flops,
+                        **chosen.options)
     return arrays.give_back(grad_weight)
 
 
@@ -338,6 +343,11 @@ def _pool_problem(x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_
     return problem
 
 
+def _pool_work(out_shape, kernel_size):
+    """Window reads of a pooling call, the work `plan.cpu_threads` sizes threads by."""
+    return math.prod(out_shape) * kernel_size[0] * kernel_size[1]
+
+
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                return_indices=False):
     """Max pooling, exactly `torch.nn.functional.max_pool2d`.
@@ -366,7 +376,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     if arrays.device == "cpu":
         x4 = np.ascontiguousarray(x4)
     values, indices = _call(module, "max_pool2d", arrays, x4, kernel_size, stride,
-                            padding, dilation, out_hw, return_indices=return_indices)
+                            padding, dilation, out_hw, return_indices=return_indices,
+                            work=_pool_work(out_shape, kernel_size))
     values = arrays.give_back(values, squeeze)
     return (values, arrays.give_back(indices, squeeze)) if return_indices else values
 
@@ -400,7 +411,8 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, dilati
     if arrays.device == "cpu":
         x4 = np.ascontiguousarray(x4)
     grad_input = _call(_module(arrays.device, "pooling"), "max_pool2d_backward", arrays,
-                       go, x4, kernel_size, stride, padding, dilation)
+                       go, x4, kernel_size, stride, padding, dilation,
+                       work=_pool_work(go.shape, kernel_size))
     return arrays.give_back(grad_input, was_3d)
 
 
@@ -424,7 +436,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     if arrays.device == "cpu":
         x4 = np.ascontiguousarray(x4)
     out = _call(_module(arrays.device, "pooling"), "avg_pool2d", arrays, x4, kernel_size,
-                stride, padding, out_hw, count_include_pad, divisor)
+                stride, padding, out_hw, count_include_pad, divisor,
+                work=_pool_work(out_shape, kernel_size))
     return arrays.give_back(out, squeeze)
 
 
@@ -449,7 +462,8 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
     if x_shape[0] == 0:
         return arrays.give_back(arrays.empty(x_shape), was_3d)
     grad_input = _call(_module(arrays.device, "pooling"), "avg_pool2d_backward", arrays,
-                       go, x_shape, kernel_size, stride, padding, count_include_pad, divisor)
+                       go, x_shape, kernel_size, stride, padding, count_include_pad, divisor,
+                       work=_pool_work(go.shape, kernel_size))
     return arrays.give_back(grad_input, was_3d)
 
 

@@ -122,6 +122,17 @@ def _by_shape(problem, device, operation, algorithm):
     return Plan(algorithm, _NO_OPTIONS, "requested"), None
 
 
+def cpu_threads(work):
+    """How many of numba's threads a CPU call of `work` FLOPs (or window reads, for
+    pooling) takes: 1 below `autotune.SERIAL_BELOW_FLOPS`, so that small calls do not
+    wake the idle threads; None (a fair share of all) otherwise.
+
+    >>> cpu_threads(2 * 9 * 64), cpu_threads(10**9)
+    (1, None)
+    """
+    return 1 if work < autotune.SERIAL_BELOW_FLOPS else None
+
+
 _last = threading.local()
 
 
@@ -184,4 +195,5 @@ def describe(problem, device, operation, chosen):
 
 
 __all__ = ["Plan", "plan", "last_plan", "winograd_supports", "winograd_safe", "describe",
+           "cpu_threads",
            "ALGORITHMS", "CONV_OPERATIONS", "DEVICES"]

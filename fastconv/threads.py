@@ -123,23 +123,26 @@ def _layer_is_threadsafe() -> bool:
 
 
 @contextlib.contextmanager
-def cpu_slot():
-    """Run the body with this thread's fair share of numba's threads."""
+def cpu_slot(limit=None):
+    """Run the body with this thread's fair share of numba's threads, at most `limit`
+    (1 for small work: `fastconv.plan.cpu_threads`)."""
     global _in_flight, _taken
     with _lock:
         _in_flight += 1
         total = _total_threads()
-        share = max(1, min(total - _taken, total // _in_flight))
+        share = max(1, min(total - _taken, total // _in_flight, limit or total))
         _taken += share
     guard = contextlib.nullcontext() if _layer_is_threadsafe() else _serial
     try:
         with guard:
             previous = numba.get_num_threads()
-            numba.set_num_threads(share)
+            if share != previous:
+                numba.set_num_threads(share)
             try:
                 yield share
             finally:
-                numba.set_num_threads(previous)
+                if share != previous:
+                    numba.set_num_threads(previous)
     finally:
         with _lock:
             _in_flight -= 1

@@ -74,3 +74,40 @@ def test_cpu_slot_restores_numba_threads():
     with threads.cpu_slot() as share:
         assert 1 <= share <= previous
     assert numba.get_num_threads() == previous
+
+
+def test_cpu_slot_limit_caps_the_share():
+    import numba
+    with threads.cpu_slot(1) as share:
+        assert share == 1 and numba.get_num_threads() == 1
+    with threads.cpu_slot(None) as share:
+        assert share == numba.get_num_threads()
+
+
+def test_small_work_runs_on_one_thread_and_large_work_on_all(monkeypatch):
+    """The plan gives calls below autotune.SERIAL_BELOW_FLOPS one thread, so they do not
+    wake numba's idle threads; larger calls get the fair share."""
+    import numba
+    import numpy as np
+
+    import fastconv as fc
+    from fastconv import autotune, plan
+    from fastconv.cpu import direct
+    assert plan.cpu_threads(autotune.SERIAL_BELOW_FLOPS - 1) == 1
+    assert plan.cpu_threads(autotune.SERIAL_BELOW_FLOPS) is None
+    seen = []
+    original = direct.conv2d
+
+    def recording(*args, **kwargs):
+        seen.append(numba.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(direct, "conv2d", recording)
+    tiny = fc.conv2d(np.ones((1, 1, 8, 8), np.float32), np.ones((1, 1, 3, 3), np.float32),
+                     algorithm="direct")
+    np.testing.assert_array_equal(tiny, np.full((1, 1, 6, 6), 9, np.float32))
+    x = np.ones((4, 32, 32, 32), np.float32)      # 2 * 4 * 32 * 30 * 30 * 32 * 9 flops
+    fc.conv2d(x, np.ones((32, 32, 3, 3), np.float32), algorithm="direct")
+    with threads.cpu_slot() as fair:
+        pass
+    assert seen == [1, fair]
