@@ -233,13 +233,16 @@ def winograd_safe(operation, data, other, tile, kernel_hw):
     r = int(kernel_hw[0])
     m, taps = _transform_of(operation, int(tile), r)
     g = growth(m, taps)
-    # images per (image, channel) plane (a 3-D (C, H, W) one is one image); a weight
-    # per output channel k, one long row (its r x r filters are too short for rows)
-    first = operand_stats(data[None] if data.ndim == 3 else data)
-    if operation == "conv2d_grad_weight":
-        second = operand_stats(other[None] if other.ndim == 3 else other)
-    else:
-        second = operand_stats(other.reshape(other.shape[0], 1, -1))
+    # long rows: images whole (a 3-D (C, H, W) one is one image), a weight per output
+    # channel k; the weight gradient's grad_out per (image, channel), for its sums per k
+    def rows(array, per_channel=False):
+        array = array[None] if array.ndim == 3 else array
+        if not per_channel:
+            array = array.reshape(array.shape[0], 1, int(np.prod(array.shape[1:])))
+        return operand_stats(array)
+
+    weight_gradient = operation == "conv2d_grad_weight"
+    first, second = rows(data, per_channel=weight_gradient), rows(other)
     names = {"conv2d": ("x", "weight"), "conv2d_grad_input": ("grad_out", "weight"),
              "conv2d_grad_weight": ("grad_out", "x")}[operation]
     for name, (peak, total, _) in zip(names, (first, second)):
