@@ -258,7 +258,7 @@ def test_other_tile_sizes_take_the_generic_passes(tile, kernel, rng, monkeypatch
 
 def test_auto_runs_winograd_on_5x5_layers_and_matches_reference(rng, monkeypatch):
     """`auto` takes F(4x4,5x5) on a large enough 5x5 stride-1 layer (forward and
-    grad_input); algorithm="winograd" itself stays 3x3 (DESIGN.md)."""
+    grad_input); algorithm="winograd" itself stays 3x3 (docs/api.md)."""
     x = rng.standard_normal((2, 16, 24, 24)).astype(np.float32)
     w = rng.standard_normal((16, 16, 5, 5)).astype(np.float32)
     b = rng.standard_normal(16).astype(np.float32)
