@@ -27,8 +27,9 @@ from functools import lru_cache
 
 import numpy as np
 
-# `auto` takes Winograd only while (error magnification) x (dynamic range) stays
-# within this: see `winograd_safe` and docs/reliability.md for what it guarantees.
+# `auto` takes Winograd only while growth().position x (max / mean |value|), the most
+# one value can add to an output's error in units of im2col's, stays within this:
+# see `winograd_safe`; docs/reliability.md ("Winograd") has what it guarantees.
 ERROR_LIMIT = 2.0 ** 14
 # ... and while every intermediate value stays this far below the dtype's largest
 # finite value (room for the bias, and for rounding, which the bounds leave out).
