@@ -26,12 +26,16 @@ _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 from .api import (avg_pool2d, avg_pool2d_backward, conv2d, conv2d_grad_bias,
                   conv2d_grad_input, conv2d_grad_weight, explain, max_pool2d,
                   max_pool2d_backward, relu, relu_backward)
+from .api import (conv_transpose2d, conv_transpose2d_grad_bias,  # noqa: E402
+                  conv_transpose2d_grad_input, conv_transpose2d_grad_weight)
 from .config import config
 from . import filters, models, nn  # noqa: E402  (pure Python, no kernels compiled)
+from . import plan  # noqa: E402  (fc.plan.last_plan(): the plan the latest call ran)
 
 __version__ = "0.1.0"
 
 __all__ = ["conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
            "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
-           "relu", "relu_backward", "explain", "config", "nn", "models", "filters",
+           "relu", "relu_backward", "conv_transpose2d", "conv_transpose2d_grad_input",
+           "conv_transpose2d_grad_weight", "conv_transpose2d_grad_bias", "explain", "config", "nn", "models", "filters",
            "__version__"]

@@ -253,3 +253,106 @@ def relu_backward(grad_out, x):
     """0 where x <= 0, else grad_out: where x is NaN the gradient passes (as torch's
     threshold_backward, which tests `x <= 0`)."""
     return np.where(np.asarray(x) <= 0, 0.0, np.asarray(grad_out, dtype=np.float64))
+
+
+def _transposed_padded_grad(grad_out, in_hw, weight_hw, stride, padding, dilation):
+    """grad_out placed in the padded output frame of `conv_transpose2d`, big enough
+    for every tap: row r of the frame is output row r - top."""
+    top, _, left, _ = padding
+    (h, w), (kh, kw) = in_hw, weight_hw
+    rows = max(top + grad_out.shape[2], (h - 1) * stride[0] + (kh - 1) * dilation[0] + 1)
+    cols = max(left + grad_out.shape[3], (w - 1) * stride[1] + (kw - 1) * dilation[1] + 1)
+    frame = np.zeros(grad_out.shape[:2] + (rows, cols))
+    frame[:, :, top:top + grad_out.shape[2], left:left + grad_out.shape[3]] = grad_out
+    return frame
+
+
+def conv_transpose2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0, 0, 0),
+                     output_padding=(0, 0), dilation=(1, 1), groups=1):
+    """Transposed convolution, exactly `torch.nn.functional.conv_transpose2d`: each input
+    pixel scatters its weighted kernel into the output.
+
+        out[n, g*Og + o, i*sh - top + p*dh, j*sw - left + q*dw] +=
+            x[n, g*Cg + c, i, j] * w[g*Cg + c, o, p, q]
+
+    with weight (C_in, C_out // groups, kH, kW), Cg = C_in // groups, Og = C_out // groups;
+    out is (H - 1)*sh - top - bottom + dh*(kH - 1) + output_padding + 1 rows high.
+    """
+    n, c, h, w = x.shape
+    _, og, kh, kw = weight.shape
+    top, bottom, left, right = padding
+    out_h = (h - 1) * stride[0] - top - bottom + dilation[0] * (kh - 1) + output_padding[0] + 1
+    out_w = (w - 1) * stride[1] - left - right + dilation[1] * (kw - 1) + output_padding[1] + 1
+    xd = np.asarray(x, dtype=np.float64)
+    wt = np.asarray(weight, dtype=np.float64)
+    frame = _transposed_padded_grad(np.zeros((n, og * groups, out_h, out_w)), (h, w),
+                                    (kh, kw), stride, padding, dilation)
+    cg = c // groups
+    sh, sw = stride
+    dh, dw = dilation
+    for g in range(groups):
+        for p in range(kh):
+            for q in range(kw):
+                frame[:, g * og:(g + 1) * og, p * dh: p * dh + sh * (h - 1) + 1: sh,
+                      q * dw: q * dw + sw * (w - 1) + 1: sw] += np.einsum(
+                    "nchw,co->nohw", xd[:, g * cg:(g + 1) * cg],
+                    wt[g * cg:(g + 1) * cg, :, p, q])
+    out = frame[:, :, top:top + out_h, left:left + out_w]
+    if bias is not None:
+        out = out + np.asarray(bias, dtype=np.float64)[None, :, None, None]
+    return out
+
+
+def conv_transpose2d_grad_input(grad_out, weight, input_shape, stride=(1, 1),
+                                padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    """Gradient of `conv_transpose2d` with respect to x: each input pixel gathers what it
+    scattered.
+
+        grad_x[n, g*Cg + c, i, j] = sum_{o, p, q} w[g*Cg + c, o, p, q] *
+                                    grad_out[n, g*Og + o, i*sh - top + p*dh, j*sw - left + q*dw]
+
+    (terms outside the output count zero).
+    """
+    n, c, h, w = input_shape
+    _, og, kh, kw = weight.shape
+    frame = _transposed_padded_grad(np.asarray(grad_out, dtype=np.float64), (h, w),
+                                    (kh, kw), stride, padding, dilation)
+    wt = np.asarray(weight, dtype=np.float64)
+    grad_x = np.zeros((n, c, h, w))
+    cg = c // groups
+    sh, sw = stride
+    dh, dw = dilation
+    for g in range(groups):
+        for p in range(kh):
+            for q in range(kw):
+                window = frame[:, g * og:(g + 1) * og, p * dh: p * dh + sh * (h - 1) + 1: sh,
+                               q * dw: q * dw + sw * (w - 1) + 1: sw]
+                grad_x[:, g * cg:(g + 1) * cg] += np.einsum(
+                    "nohw,co->nchw", window, wt[g * cg:(g + 1) * cg, :, p, q])
+    return grad_x
+
+
+def conv_transpose2d_grad_weight(grad_out, x, weight_shape, stride=(1, 1),
+                                 padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    """Gradient of `conv_transpose2d` with respect to the weight.
+
+        grad_w[g*Cg + c, o, p, q] = sum_{n, i, j} x[n, g*Cg + c, i, j] *
+                                    grad_out[n, g*Og + o, i*sh - top + p*dh, j*sw - left + q*dw]
+    """
+    _, og, kh, kw = weight_shape
+    n, c, h, w = x.shape
+    frame = _transposed_padded_grad(np.asarray(grad_out, dtype=np.float64), (h, w),
+                                    (kh, kw), stride, padding, dilation)
+    xd = np.asarray(x, dtype=np.float64)
+    grad_w = np.zeros(weight_shape)
+    cg = c // groups
+    sh, sw = stride
+    dh, dw = dilation
+    for g in range(groups):
+        for p in range(kh):
+            for q in range(kw):
+                window = frame[:, g * og:(g + 1) * og, p * dh: p * dh + sh * (h - 1) + 1: sh,
+                               q * dw: q * dw + sw * (w - 1) + 1: sw]
+                grad_w[g * cg:(g + 1) * cg, :, p, q] = np.einsum(
+                    "nchw,nohw->co", xd[:, g * cg:(g + 1) * cg], window)
+    return grad_w

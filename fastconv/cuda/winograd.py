@@ -83,7 +83,7 @@ def _make_kernels(dtype_name: str, m: int):
     bt_c = bt_np.astype(dtype_name)
     g_c = g_np.copy()                    # the filter transform runs in float64
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def filter_transform(w, u, groups, keg, flip):
         """u[e*G + g, kl, cl] = (G w_eff G^T)[e] for effective weight w_eff, whose
         (ke, ce) is w[ke, ce] or, when flip, w[g*ceg + ce, ke % keg] rotated 180."""
@@ -119,7 +119,7 @@ def _make_kernels(dtype_name: str, m: int):
                     u[u64((x * a + y) * groups + grp), u64(kl), u64(ce)] = s
             i += step
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def input_transform(x, v, groups, t0, n_tiles, pt, pl, tiles_w, tiles_img):
         """v[e*G + g, cl, t] = (B^T d B)[e] of the a x a patch of tile t0 + t (channel
         g*Cg + cl) whose top-left input pixel is (ti*m - pt, tj*m - pl)."""
@@ -164,7 +164,7 @@ def _make_kernels(dtype_name: str, m: int):
                     v[u64((y * a + z) * groups + grp), u64(cl), u64(t)] = s
             i += step
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def output_transform(mm, out, bias, has_bias, groups, t0, n_tiles, tiles_w, tiles_img):
         """out[n, k, ti*m + i, tj*m + j] = (A^T M A)[i, j] (+ bias[k]), cropped."""
         atm = cuda.const.array_like(at_c)
