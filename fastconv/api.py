@@ -193,7 +193,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     stride, dilation : int or (h, w)
     padding : int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same"
     groups : int dividing C_in and C_out (groups == C_in is depthwise)
-    algorithm : "auto", "direct", "im2col" or "winograd"
+    algorithm : "auto", "direct", "im2col" or "winograd". "winograd", asked for, keeps
+        only its documented bound (1e-3 of the largest output in float32) and may
+        overflow on values near the dtype's limit; "auto" runs it only where it cannot
+        (docs/reliability.md, "Winograd").
 
     Returns an array (N, C_out, out_h, out_w) of x's kind, device and dtype, with
     ``out_h = floor((H + top + bottom - dilation*(kH-1) - 1) / stride) + 1``.

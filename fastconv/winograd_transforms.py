@@ -27,8 +27,9 @@ from functools import lru_cache
 
 import numpy as np
 
-# `auto` takes Winograd only while (error magnification) x (dynamic range) stays
-# within this: see `winograd_safe` and docs/reliability.md for what it guarantees.
+# `auto` takes Winograd only while growth().position x (max / mean |value|), the most
+# one value can add to an output's error in units of im2col's, stays within this:
+# see `winograd_safe`; docs/reliability.md ("Winograd") has what it guarantees.
 ERROR_LIMIT = 2.0 ** 14
 # ... and while every intermediate value stays this far below the dtype's largest
 # finite value (room for the bias, and for rounding, which the bounds leave out).
@@ -222,8 +223,8 @@ def winograd_safe(operation, data, other, tile, kernel_hw):
     >>> winograd_safe("conv2d", x, w, 4, (3, 3))[0]
     True
     >>> x[0, 0, 0, 0] = 1e6
-    >>> winograd_safe("conv2d", x, w, 4, (3, 3))[1]
-    "dynamic range 1.02e+03 (max / mean |value|): one value's error up to 1.16e+05 x im2col's > 16384"
+    >>> winograd_safe("conv2d", x, w, 4, (3, 3))[1].split(":")[0]
+    'dynamic range 1.02e+03 (max / mean |value|)'
     """
     if operation not in OPERATIONS:
         raise ValueError(f"operation must be one of {OPERATIONS}, got {operation!r}")
@@ -233,13 +234,16 @@ def winograd_safe(operation, data, other, tile, kernel_hw):
     r = int(kernel_hw[0])
     m, taps = _transform_of(operation, int(tile), r)
     g = growth(m, taps)
-    # images per (image, channel) plane (a 3-D (C, H, W) one is one image); a weight
-    # per output channel k, one long row (its r x r filters are too short for rows)
-    first = operand_stats(data[None] if data.ndim == 3 else data)
-    if operation == "conv2d_grad_weight":
-        second = operand_stats(other[None] if other.ndim == 3 else other)
-    else:
-        second = operand_stats(other.reshape(other.shape[0], 1, -1))
+    # long rows: images whole (a 3-D (C, H, W) one is one image), a weight per output
+    # channel k; the weight gradient's grad_out per (image, channel), for its sums per k
+    def rows(array, per_channel=False):
+        array = array[None] if array.ndim == 3 else array
+        if not per_channel:
+            array = array.reshape(array.shape[0], 1, int(np.prod(array.shape[1:])))
+        return operand_stats(array)
+
+    weight_gradient = operation == "conv2d_grad_weight"
+    first, second = rows(data, per_channel=weight_gradient), rows(other)
     names = {"conv2d": ("x", "weight"), "conv2d_grad_input": ("grad_out", "weight"),
              "conv2d_grad_weight": ("grad_out", "x")}[operation]
     for name, (peak, total, _) in zip(names, (first, second)):

@@ -1,16 +1,13 @@
 """One pass over an operand for `fastconv.winograd_transforms.winograd_safe`: per
-(image, channel) plane the largest |value|, the sum of |values| and the number of
-nonzero values, at memory speed (a parallel numba kernel)."""
+plane the largest |value|, the sum of |values| and the number of nonzero values, at
+memory speed (a numba kernel)."""
 from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange
-
-from ._common import HELPER, KERNEL, readonly
+from ._common import HELPER, readonly
 
 LANES = 16          # independent accumulators: the loop vectorises without fast-math
-BLOCKS_PER_THREAD = 4
 
 
 @numba.njit(**HELPER)
@@ -44,23 +41,21 @@ def _long_row(row, lane_peak, lane_total, lane_count):
     return largest, total + lane_total.sum(), count + lane_count.sum()
 
 
-@numba.njit(**KERNEL)
-def _plane_stats(planes, peak, total, count, blocks):
+@numba.njit(**HELPER)
+def _plane_stats(planes, peak, total, count):
     """peak[p], total[p], count[p] = max |v|, sum |v| (float64), #(v != 0) over row p
-    of the 2-D C-contiguous `planes`; parallel over `blocks` runs of rows. A NaN is
-    never the peak but makes the total NaN."""
-    rows, length = planes.shape
-    per_block = -(-rows // blocks)
-    for block in prange(blocks):
-        lane_peak = np.empty(LANES, planes.dtype)
-        lane_total = np.empty(LANES, np.float64)
-        lane_count = np.empty(LANES, np.int64)
-        for p in range(block * per_block, min(rows, (block + 1) * per_block)):
-            if length < 2 * LANES:
-                peak[p], total[p], count[p] = _short_row(planes[p])
-            else:
-                peak[p], total[p], count[p] = _long_row(planes[p], lane_peak, lane_total,
-                                                        lane_count)
+    of the 2-D C-contiguous `planes`. A NaN is never the peak but makes the total NaN.
+    One thread: the pass runs at memory speed, and threads would only add their
+    start-up (and, on a loaded machine, waits)."""
+    lane_peak = np.empty(LANES, planes.dtype)
+    lane_total = np.empty(LANES, np.float64)
+    lane_count = np.empty(LANES, np.int64)
+    for p in range(planes.shape[0]):
+        if planes.shape[1] < 2 * LANES:
+            peak[p], total[p], count[p] = _short_row(planes[p])
+        else:
+            peak[p], total[p], count[p] = _long_row(planes[p], lane_peak, lane_total,
+                                                    lane_count)
 
 
 def operand_stats(array):
@@ -82,8 +77,7 @@ def operand_stats(array):
     total = np.empty(planes.shape[0], dtype=np.float64)
     count = np.empty(planes.shape[0], dtype=np.int64)
     if planes.size:
-        blocks = min(planes.shape[0], BLOCKS_PER_THREAD * numba.get_num_threads())
-        _plane_stats(planes, peak, total, count, blocks)
+        _plane_stats(planes, peak, total, count)
     else:                                   # an empty batch
         peak[:], total[:], count[:] = 0, 0, 0
     return peak.reshape(lead), total.reshape(lead), count.reshape(lead)

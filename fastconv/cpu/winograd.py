@@ -150,7 +150,9 @@ def _multiply(U, V, M, groups):
 def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw, tile=DEFAULT_TILE,
            transformed_filter=None, keep_filter=True):
     """Forward convolution by Winograd F(tile x tile, r x r) for an r x r weight
-    (3x3, or 5x5 from `auto`). `transformed_filter`
+    (3x3, or 5x5 from `auto`). Within 1e-3 of the largest output in float32 for
+    finite results; large values can overflow and NaN/Inf spread over a tile: `auto`
+    calls it only where `fastconv.winograd_transforms.winograd_safe` holds. `transformed_filter`
     (from `transform_filter`) skips step 1 when the caller keeps it; otherwise the
     transform is kept for the next call with the same weights unless `keep_filter`
     is False (weights made for this call alone)."""
