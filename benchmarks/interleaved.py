@@ -117,7 +117,10 @@ def main(argv=None):
             line.append(f"{impl} {best[impl] * 1e3:.2f}")
         print(group + ": " + ", ".join(line), flush=True)
     import platform
+
+    from fastconv import bench
     data = {"machine_info": {"python_version": platform.python_version(),
+                             "cpu_model": bench.cpu_model(), "threads": bench.threads_here(),
                              "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT")},
             "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "benchmarks": results}

@@ -305,10 +305,10 @@ def test_gemm(benchmark, case, impl):
     else:
         if impl == "fastconv-2blocks" and dtype != np.float32:
             pytest.skip("LARGE_2 is a float32 tile (float64 takes WIDE)")
-        from fastconv.cuda import gemm, interop
+        from fastconv.cuda import _kernels, gemm, interop
         ha, hb = _device(a, "any"), _device(b, "any")     # keep the owners alive
         da, db = interop.to_numba(ha), interop.to_numba(hb)
-        out = interop.device_empty((size, size), dtype)
+        out = _kernels.empty((size, size), dtype)
         config = gemm.LARGE_2 if impl == "fastconv-2blocks" else None
         fn = lambda: gemm.matmul(da, db, out=out, config=config)  # noqa: E731
         # correctness on the GPU, once (not timed): a few rows against float64 NumPy

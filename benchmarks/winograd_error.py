@@ -1,20 +1,29 @@
 """Float32 error of Winograd F(2x2,3x3) and F(4x4,3x3) on VGG-16-sized layers, and of
 F(4x4,5x5) (which `auto` runs on 5x5 layers) on 5x5 layers of GoogLeNet and AlexNet.
 
-    python benchmarks/winograd_error.py          # markdown tables for docs/performance.md
+    python benchmarks/winograd_error.py             # markdown tables for docs/performance.md
+    python benchmarks/winograd_error.py outliers    # one outlier: the table in reliability.md
 
 Error = max |winograd_float32 - exact| / max |exact|, exact = the float64 im2col
 convolution (itself within 1e-10 of fastconv.reference). Inputs: standard normal
 after a ReLU (as activations are), He-initialised weights; and, for contrast,
 plain normal inputs. The forward pass, grad_input and grad_weight (F(r x r, m x m))
 are measured.
+
+`outliers`: unit normal input (2x64x32x32, He weights) with one value set to L; the
+largest float32 error outside that value's window, over im2col's largest error on the
+data without the outlier, for each transform, and whether `auto`'s rule
+(`winograd_safe`) would take Winograd.
 """
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 
 import fastconv as fc
 from fastconv.cpu import winograd
+from fastconv.winograd_transforms import winograd_safe
 
 LAYERS = {  # batch 1 VGG-16 3x3 layers (input channels, size, output channels)
     "conv1_2": (64, 224, 64),
@@ -70,6 +79,32 @@ def measure_5x5(seed=0):
     return [_row(rng, name, *spec, 5, (4,)) for name, spec in LAYERS_5x5.items()]
 
 
+def measure_outliers(seed=0, outliers=(0, 30, 100, 300, 1000, 1e5)):
+    """[(transform, L, rho-based decision, error outside the window / im2col's)]."""
+    rng = np.random.default_rng(seed)
+    clean = rng.standard_normal((2, 64, 32, 32))
+    rows = []
+    for tile, r in [(2, 3), (4, 3), (4, 5)]:
+        w = rng.standard_normal((64, 64, r, r)) * np.sqrt(2 / (64 * r * r))
+        pad, w32 = r // 2, w.astype(np.float32)
+        geometry = ((1, 1), (pad,) * 4, (1, 1), 1)
+        exact = fc.conv2d(clean, w, padding=pad, algorithm="im2col")
+        im2col = np.abs(fc.conv2d(clean.astype(np.float32), w32, padding=pad,
+                                  algorithm="im2col") - exact).max()
+        for value in outliers:
+            x = clean.copy()
+            x[0, 5, 16, 16] = value or x[0, 5, 16, 16]      # a tile's corner
+            exact = fc.conv2d(x, w, padding=pad, algorithm="im2col")
+            x32 = x.astype(np.float32)
+            error = np.abs(winograd.conv2d(x32, w32, None, *geometry, (32, 32), tile=tile)
+                           - exact)
+            error[0, :, 16 - pad:17 + pad, 16 - pad:17 + pad] = 0    # the value's window
+            ok, _ = winograd_safe("conv2d", x32, w32, tile, (r, r))
+            rows.append([f"F({tile}x{tile},{r}x{r})", f"{value:g}",
+                         "winograd" if ok else "im2col", error.max() / im2col])
+    return rows
+
+
 def _table(header, rows):
     print(header)
     print("|---" * header.count(" | ") + "|---|")
@@ -78,6 +113,12 @@ def _table(header, rows):
 
 
 def main():
+    if sys.argv[1:] == ["outliers"]:
+        print("| transform | outlier | auto | Winograd's error outside its window / im2col's |")
+        print("|---|---|---|---|")
+        for row in measure_outliers():
+            print("| " + " | ".join(row[:3]) + f" | {row[3]:.1f} |")
+        return
     _table("| layer | shape | im2col f32 | F(2x2) fwd | F(2x2) grad_input "
            "| F(3x3,2x2) grad_weight | F(4x4) fwd | F(4x4) grad_input "
            "| F(3x3,4x4) grad_weight |", measure())

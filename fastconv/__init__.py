@@ -30,6 +30,7 @@ from .api import (conv_transpose2d, conv_transpose2d_grad_bias,  # noqa: E402
                   conv_transpose2d_grad_input, conv_transpose2d_grad_weight)
 from .config import config
 from . import filters, models, nn  # noqa: E402  (pure Python, no kernels compiled)
+from . import plan  # noqa: E402  (fc.plan.last_plan(): the plan the latest call ran)
 
 __version__ = "0.1.0"
 

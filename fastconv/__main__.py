@@ -20,14 +20,19 @@ def info() -> int:
     print(f"python   {platform.python_version()} ({platform.machine()})")
     print(f"numpy    {np.__version__}")
     print(f"numba    {numba.__version__}")
+    from . import threads
+    api.conv2d(np.ones((1, 1, 2, 2), np.float32), np.ones((1, 1, 1, 1), np.float32))
     print(f"cpu threads: numba uses {numba.get_num_threads()} of {os.cpu_count()} "
-          f"(threading layer: {numba.config.THREADING_LAYER})")
+          f"(threading layer: {numba.threading_layer()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})")
+    print("openmp runtimes loaded: " + (", ".join(threads.openmp_runtimes()) or "none"))
     import fastconv
     wait = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
     print(f"OpenBLAS idle wait: OPENBLAS_THREAD_TIMEOUT={wait} "
           + ("(in effect)" if fastconv.BLAS_WAIT_SET_BEFORE_NUMPY else
-             "(NOT in effect: NumPy was imported before fastconv; set it in the "
-             "environment or import fastconv first, see docs/performance.md)"))
+             "(NOT in effect: NumPy was imported before fastconv)"))
+    for warning in threads.contention():
+        print(f"warning: {warning}")
     print(f"workspace_bytes: {config.workspace_bytes} ({config.workspace_bytes / 2**20:.0f} MiB)")
     from .cpu import gemm
     if gemm.HOST is None:
@@ -89,6 +94,12 @@ def main(argv=None) -> int:
         from . import demo
         return demo.main(rest) or 0
     if args.command == "filters":
+        if "--dask" in rest:
+            try:
+                from . import dask
+            except ImportError as exc:
+                raise SystemExit(f"fastconv filters --dask: {exc}") from None
+            return dask.main(rest) or 0
         from . import filters
         return filters.main(rest) or 0
     from . import bench

@@ -1,47 +1,30 @@
-"""The public functions: check arguments, normalise them, dispatch to a backend.
+"""The public functions: check arguments, normalise them, plan, dispatch to a backend.
 
-Nothing here loops over pixels. Every argument is checked before any kernel
-runs; geometry is normalised by `fastconv.shapes` (the one place for it); the
-work is done by `fastconv.cpu.<algorithm>` or `fastconv.cuda.<algorithm>`
-under the contract of docs/internals.md.
+Nothing here loops over pixels. Every argument is checked (`fastconv.checks`) before
+any kernel runs; geometry is normalised by `fastconv.shapes` (the one place for it);
+the algorithm is chosen by `fastconv.plan` (the one place for that); the work is done
+by `fastconv.cpu.<algorithm>` or `fastconv.cuda.<algorithm>` under the contract of
+docs/internals.md. What repeats per shape and options (the checked geometry, the
+plan's shape steps, the backend module) is memoised, so a warm call costs little.
 """
 from __future__ import annotations
 
 import functools
+import math
 import importlib
-import numbers
 
 import numpy as np
 
-from . import autotune, jitcache, shapes
-from .config import ALGORITHMS, choose_algorithm
+from . import checks, jitcache, shapes
+from .checks import ACCEPTED as _ACCEPTED
+from .plan import (ALGORITHMS, CONV_OPERATIONS, DEVICES, cpu_threads,  # noqa: F401
+                   describe, last_plan, plan, winograd_supports)
 from .threads import cpu_slot
-
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_ACCEPTED = "float32 or float64 arrays (NumPy, or CUDA arrays: CuPy, Numba, torch)"
-CONV_OPERATIONS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
 
 
 # --------------------------------------------------------------------------
 # Arrays: device, dtype, shape
 # --------------------------------------------------------------------------
-
-def _is_host(obj) -> bool:
-    return isinstance(obj, np.ndarray) or not _looks_like_device(obj)
-
-
-def _looks_like_device(obj) -> bool:
-    if isinstance(obj, (np.ndarray, list, tuple, numbers.Number, str, bytes)) or obj is None:
-        return False
-    if hasattr(obj, "__cuda_array_interface__"):
-        return True
-    # Simulator device arrays have no __cuda_array_interface__; only ask the
-    # interop module (which imports numba.cuda) when it could be one.
-    if type(obj).__module__.startswith("numba"):
-        from .cuda import interop
-        return interop.is_device_array(obj)
-    return False
-
 
 class _Arrays:
     """The array arguments of one call, on one device, of one float dtype."""
@@ -49,42 +32,47 @@ class _Arrays:
     OPTIONAL = ("bias",)
 
     def __init__(self, **named):
+        arrays = {}
+        kinds = {}
         for name, obj in named.items():
-            if obj is None and name not in self.OPTIONAL:
-                raise TypeError(f"{name} must be an array, got None; fastconv accepts {_ACCEPTED}")
-        given = {name: obj for name, obj in named.items() if obj is not None}
-        kinds = {name: ("cuda" if _looks_like_device(obj) else "cpu")
-                 for name, obj in given.items()}
-        if len(set(kinds.values())) > 1:
+            if obj is None:
+                if name not in self.OPTIONAL:
+                    raise TypeError(
+                        f"{name} must be an array, got None; fastconv accepts {_ACCEPTED}")
+                continue
+            kinds[name] = "cpu" if type(obj) is np.ndarray else checks.device_of(obj)
+            arrays[name] = obj
+        devices = set(kinds.values())
+        if len(devices) > 1:
             desc = ", ".join(f"{n} on {d}" for n, d in kinds.items())
             raise TypeError(
                 f"all arrays must be on one device, got {desc}; move them with "
                 "numpy.asarray / cupy.asarray (or .cpu()/.cuda() for torch) first")
-        self.device = next(iter(kinds.values()), "cpu")
+        self.device = devices.pop() if devices else "cpu"
         self.template = None
-        self.arrays = {}
-        for name, obj in given.items():
+        dtype, mixed = None, False
+        for name, obj in arrays.items():
             if self.device == "cuda":
                 from .cuda import interop
                 if self.template is None:
                     self.template = obj
                 arr = interop.to_numba(obj)
+            elif type(obj) is np.ndarray:
+                arr = obj
             else:
-                try:
-                    arr = np.asarray(obj)
-                except Exception as exc:  # ragged lists and the like
-                    raise TypeError(
-                        f"{name} must be an array, got {type(obj).__name__} that "
-                        f"numpy.asarray cannot convert ({exc})") from None
-            _check_float(arr.dtype, name, obj)
-            self.arrays[name] = arr
-        dtypes = {name: np.dtype(a.dtype) for name, a in self.arrays.items()}
-        if len(set(dtypes.values())) > 1:
-            desc = ", ".join(f"{n} is {d}" for n, d in dtypes.items())
+                arr = checks.to_numpy(obj, name)
+            if arr.dtype is not dtype:       # one dtype (the usual case): checked once
+                checks.array_dtype(arr.dtype, name, obj)
+                mixed = mixed or (dtype is not None and arr.dtype != dtype)
+                dtype = arr.dtype
+            arrays[name] = arr
+        if mixed:
+            desc = ", ".join(f"{n} is {np.dtype(a.dtype)}" for n, a in arrays.items())
             raise TypeError(
                 f"arrays must share one dtype, got {desc}; cast them to float32 "
                 "or float64 first")
-        self.dtype = next(iter(dtypes.values()), np.dtype(np.float32))
+        self.arrays = arrays
+        self.dtype = np.dtype(np.float32) if dtype is None else np.dtype(dtype)
 
     def __getitem__(self, name):
         return self.arrays.get(name)
@@ -118,168 +106,78 @@ class _Arrays:
         return result
 
 
-def _check_float(dtype, name, obj):
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{name} has dtype {dtype!r}; fastconv accepts {_ACCEPTED}") from None
-    if dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} has dtype {dtype} ({type(obj).__name__}); fastconv accepts "
-            f"{_ACCEPTED}: cast with .astype(numpy.float32) first")
-
-
-def _batched(arr, name):
-    """View a 3-D (C, H, W) array as 4-D; returns (array, was_3d)."""
-    if arr.ndim == 4:
-        return arr, False
-    if arr.ndim == 3:
-        return arr.reshape((1,) + tuple(arr.shape)), True
-    raise ValueError(
-        f"{name} must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape {tuple(arr.shape)}")
-
-
-def _check_shape_arg(shape, name, ndim_options=(4, 3)):
-    if not isinstance(shape, (tuple, list)) or len(shape) not in ndim_options:
-        raise ValueError(
-            f"{name} must be a tuple of {' or '.join(map(str, ndim_options))} ints, "
-            f"got {shape!r}")
-    for s in shape:
-        if not shapes._is_int(s):
-            raise TypeError(f"{name} must hold ints, got {shape!r}")
-        if s < 0:
-            raise ValueError(f"{name} must hold sizes >= 0, got {shape!r}")
-    return tuple(int(s) for s in shape)
-
-
-def _check_groups(groups, in_channels, out_channels, weight_in_channels):
-    if not shapes._is_int(groups):
-        raise TypeError(f"groups must be an int, got {groups!r}")
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups!r}")
-    if in_channels % groups:
-        raise ValueError(
-            f"groups={groups} must divide the input channels {in_channels}")
-    if out_channels % groups:
-        raise ValueError(
-            f"groups={groups} must divide weight's output channels {out_channels}")
-    if weight_in_channels * groups != in_channels:
-        raise ValueError(
-            f"weight has {weight_in_channels} input channels per group, but the input "
-            f"has {in_channels} channels with groups={groups} "
-            f"(expected weight.shape[1] == {in_channels // groups})")
-    return int(groups)
-
-
-def _check_weight_shape(weight_shape, name="weight"):
-    if len(weight_shape) != 4:
-        raise ValueError(
-            f"{name} must be 4-D (C_out, C_in // groups, kH, kW), got shape {tuple(weight_shape)}")
-    if min(weight_shape) < 1:
-        raise ValueError(f"{name} must have no zero-size dimension, got shape {tuple(weight_shape)}")
-
-
-def _check_image_shape(shape, name):
-    if shape[1] < 1 or shape[2] < 1 or shape[3] < 1:
-        raise ValueError(
-            f"{name} must have at least one channel, row and column, got shape {tuple(shape)}")
-
-
 # --------------------------------------------------------------------------
 # Convolution
 # --------------------------------------------------------------------------
 
 class _ConvProblem:
-    """A convolution's checked and normalised geometry (shared by forward and gradients)."""
+    """A convolution's checked and normalised geometry (shared by forward and gradients),
+    with the plans made for it (`fastconv.plan`, keyed by device, operation, algorithm)."""
 
     def __init__(self, x_shape, w_shape, stride, padding, dilation, groups, x_name="x"):
-        _check_image_shape(x_shape, x_name)
-        _check_weight_shape(w_shape)
-        self.groups = _check_groups(groups, x_shape[1], w_shape[0], w_shape[1])
+        checks.image_shape(x_shape, x_name)
+        checks.weight_shape(w_shape)
+        self.groups = checks.groups(groups, x_shape[1], w_shape[0], w_shape[1])
         self.stride, self.padding, self.dilation, self.out_hw = shapes.conv_geometry(
             x_shape[2:], w_shape[2:], stride, padding, dilation)
         self.x_shape, self.w_shape = tuple(x_shape), tuple(w_shape)
         self.out_shape = (x_shape[0], w_shape[0]) + self.out_hw
         shapes.check_element_count(self.out_shape, "the output")
+        self.flops = shapes.conv_flops(self.x_shape, self.w_shape, self.out_hw)
+        self.plans = {}
 
     def geometry(self):
         return self.stride, self.padding, self.dilation, self.groups
 
-    def backend(self, device, algorithm, operation="conv2d", operands=(), weight=None):
-        """The backend module for `algorithm`. `operands` are the arrays whose
-        values `auto` may look at: Winograd mixes whole tiles, so a NaN or Inf
-        would spread to outputs that PyTorch leaves finite; `auto` then takes im2col.
-        `weight` (C-contiguous, CPU forward): `auto` takes Winograd on layers where it
-        wins only with a kept filter when these weights repeat an earlier call's."""
-        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-        if algorithm == "auto":
-            algorithm, _ = choose_algorithm(device, self.x_shape, self.w_shape, self.stride,
-                                            self.dilation, self.groups, operation)
-            if (weight is not None and algorithm != "winograd"
-                    and autotune.winograd_with_kept_filter(
-                        device, self.x_shape, self.w_shape, self.stride, self.dilation,
-                        self.groups, operation)):
-                from .cpu import winograd
-                tile = self._backend_options(device, "winograd", operation)["tile"]
-                if winograd.weights_repeat(weight, tile):
-                    algorithm = "winograd"
-            if algorithm == "winograd" and not all(map(_all_finite, operands)):
-                algorithm = "im2col"
-        elif algorithm == "winograd":
-            ok, why = winograd_supports(self.w_shape, self.stride, self.dilation)
-            if not ok:
-                raise ValueError(f"algorithm='winograd' is not available here: {why}")
-            if operation == "conv2d_grad_weight" and device == "cuda":
-                algorithm = "im2col"  # no CUDA Winograd weight gradient; documented
-        return _module(device, algorithm), self._backend_options(device, algorithm, operation)
 
-    def _backend_options(self, device, algorithm, operation):
-        """Winograd's tile on the CPU: F(4x4), or F(2x2) where whole 4x4 tiles would
-        pad the output much more (measured; autotune.winograd_tile). The CUDA module
-        picks its own."""
-        if algorithm != "winograd" or device != "cpu":
-            return {}
-        # grad_input is a Winograd convolution whose output is the input's size
-        out_hw = self.x_shape[2:] if operation == "conv2d_grad_input" else self.out_hw
-        return {"tile": autotune.winograd_tile(self.x_shape, self.w_shape, out_hw)}
+def _plain(value) -> bool:
+    """True for ints, strings and tuples of them: the arguments whose equality means the
+    checks treat them alike (True == 1 and 1.0 == 1, but both are refused)."""
+    kind = type(value)
+    return kind is int or kind is str or (kind is tuple and all(map(_plain, value)))
 
 
-def _all_finite(arr) -> bool:
-    """True when arr holds no NaN/Inf. One pass at memory speed: a sum is NaN or
-    Inf if any element is (or if it overflows, which only costs a safe fallback)."""
-    if not isinstance(arr, np.ndarray):
-        return True  # device arrays: see docs/reliability.md (Winograd NaN note)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(arr.sum(dtype=arr.dtype)))
+_problems = {}
+_MAX_PROBLEMS = 1024
 
 
-def winograd_supports(w_shape, stride, dilation):
-    """(ok, reason): Winograd F(m x m, 3x3) needs a 3x3 kernel, stride 1, dilation 1."""
-    if tuple(w_shape[2:]) != (3, 3):
-        hint = (" (algorithm='auto' runs Winograd F(4x4,5x5) on 5x5 layers where it "
-                "measured faster)" if tuple(w_shape[2:]) == (5, 5) else "")
-        return False, f"it needs a 3x3 kernel, got {w_shape[2]}x{w_shape[3]}{hint}"
-    if tuple(stride) != (1, 1):
-        return False, f"it needs stride 1, got stride={tuple(stride)}"
-    if tuple(dilation) != (1, 1):
-        return False, f"it needs dilation 1, got dilation={tuple(dilation)}"
-    return True, "3x3, stride 1, dilation 1"
+def conv_problem(x_shape, w_shape, stride, padding, dilation, groups, x_name="x"):
+    """The checked `_ConvProblem`, memoised for plain arguments (ints, strings, tuples):
+    a layer calling with the same geometry every step is checked and planned once.
+    Arguments that fail a check are never stored, so they raise on every call."""
+    # Shapes come from arrays or checks.shape_arg: tuples of ints. Only plain user
+    # arguments make a key: True == 1 and 1.0 == 1 would find 1's problem.
+    plain = _plain(stride) and _plain(padding) and _plain(dilation) and type(groups) is int
+    key = (x_shape, w_shape, stride, padding, dilation, groups, x_name)
+    if plain:
+        problem = _problems.get(key)
+        if problem is not None:
+            return problem
+    problem = _ConvProblem(x_shape, w_shape, stride, padding, dilation, groups, x_name)
+    if plain:
+        if len(_problems) >= _MAX_PROBLEMS:
+            _problems.clear()
+        _problems[key] = problem
+    return problem
 
 
+@functools.lru_cache(maxsize=None)
 def _module(device, algorithm):
     return importlib.import_module(f"fastconv.{device}.{algorithm}")
 
 
-def _call(module, name, arrays, *args, **options):
+def _call(module, name, arrays, *args, work, **options):
     """module.name(*args, **options) on the arrays' device: the caller's stream on
-    CUDA; on the CPU a fair share of the threads, surviving a broken JIT cache."""
-    function = functools.partial(getattr(module, name), **options)
+    CUDA; on the CPU the threads the plan gives `work` (`plan.cpu_threads`), surviving
+    a broken JIT cache."""
+    function = getattr(module, name)     # looked up per call: tests replace backends
+    if options:
+        function = functools.partial(function, **options)
     if arrays.device == "cuda":
         return function(*args, stream=arrays.stream())
     # Non-finite operands give NaN/Inf results, as in PyTorch, without NumPy's
     # RuntimeWarnings from inside our GEMMs.
-    with cpu_slot(), np.errstate(over="ignore", invalid="ignore"):
+    with cpu_slot(cpu_threads(work)), np.errstate(over="ignore", invalid="ignore"):
         return jitcache.call(function, *args)
 
 
@@ -295,7 +193,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     stride, dilation : int or (h, w)
     padding : int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same"
     groups : int dividing C_in and C_out (groups == C_in is depthwise)
-    algorithm : "auto", "direct", "im2col" or "winograd"
+    algorithm : "auto", "direct", "im2col" or "winograd". "winograd", asked for, keeps
+        only its documented bound (1e-3 of the largest output in float32) and may
+        overflow on values near the dtype's limit; "auto" runs it only where it cannot
+        (docs/reliability.md, "Winograd").
 
     Returns an array (N, C_out, out_h, out_w) of x's kind, device and dtype, with
     ``out_h = floor((H + top + bottom - dilation*(kH-1) - 1) / stride) + 1``.
@@ -310,33 +211,33 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
              [20., 24.]]]], dtype=float32)
     """
     arrays = _Arrays(x=x, weight=weight, bias=bias)
-    x4, squeeze = _batched(arrays["x"], "x")
+    x4, squeeze = checks.batched(arrays["x"], "x")
     w = arrays["weight"]
-    problem = _ConvProblem(x4.shape, w.shape, stride, padding, dilation, groups)
+    problem = conv_problem(x4.shape, w.shape, stride, padding, dilation, groups)
     if bias is not None and tuple(arrays["bias"].shape) != (w.shape[0],):
         raise ValueError(
             f"bias must have shape ({w.shape[0]},) to match weight's output channels, "
             f"got {tuple(arrays['bias'].shape)}")
     weight_c = arrays.contiguous("weight")
-    module, options = problem.backend(arrays.device, algorithm, "conv2d", (x4, w),
-                                      weight_c if arrays.device == "cpu" else None)
+    chosen = plan(problem, arrays.device, "conv2d", algorithm, (("x", x4), ("weight", w)),
+                  weight_c if arrays.device == "cpu" else None)
     if x4.shape[0] == 0:
         return arrays.give_back(arrays.empty(problem.out_shape), squeeze)
-    x4 = _batched(arrays.contiguous("x"), "x")[0]
-    out = _call(module, "conv2d", arrays, x4, weight_c,
+    if arrays.device == "cpu":
+        x4 = np.ascontiguousarray(x4)
+    out = _call(_module(arrays.device, chosen.algorithm), "conv2d", arrays, x4, weight_c,
                 arrays.contiguous("bias"), problem.stride, problem.padding,
-                problem.dilation, problem.groups, problem.out_hw, **options)
+                problem.dilation, problem.groups, problem.out_hw, work=problem.flops,
+                **chosen.options)
     return arrays.give_back(out, squeeze)
 
 
 def _grad_out_4d(arrays, expected_shape, was_3d):
-    go = arrays["grad_out"]
-    if go.ndim != (3 if was_3d else 4) or tuple(_batched(go, "grad_out")[0].shape) != tuple(expected_shape):
-        want = expected_shape[1:] if was_3d else expected_shape
-        raise ValueError(
-            f"grad_out must have the forward output's shape {tuple(want)}, "
-            f"got {tuple(go.shape)}")
-    return _batched(arrays.contiguous("grad_out"), "grad_out")[0]
+    """grad_out, checked against the forward output's shape, as a contiguous 4-D array."""
+    checks.grad_out_shape(arrays["grad_out"].shape,
+                          expected_shape[1:] if was_3d else expected_shape)
+    go = arrays.contiguous("grad_out")
+    return go.reshape((1,) + tuple(go.shape)) if was_3d else go
 
 
 def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilation=1,
@@ -354,18 +255,20 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0, dilati
            [1., 2., 1.]])
     """
     arrays = _Arrays(grad_out=grad_out, weight=weight)
-    input_shape = _check_shape_arg(input_shape, "input_shape")
+    input_shape = checks.shape_arg(input_shape, "input_shape")
     was_3d = len(input_shape) == 3
     x_shape = (1,) + input_shape if was_3d else input_shape
     w = arrays["weight"]
-    problem = _ConvProblem(x_shape, w.shape, stride, padding, dilation, groups,
+    problem = conv_problem(x_shape, w.shape, stride, padding, dilation, groups,
                            x_name="input_shape")
     go = _grad_out_4d(arrays, problem.out_shape, was_3d)
-    module, options = problem.backend(arrays.device, algorithm, "conv2d_grad_input", (go, w))
+    chosen = plan(problem, arrays.device, "conv2d_grad_input", algorithm,
+                  (("grad_out", go), ("weight", w)))
     if x_shape[0] == 0:
         return arrays.give_back(arrays.empty(x_shape), was_3d)
-    grad_input = _call(module, "conv2d_grad_input", arrays, go, arrays.contiguous("weight"),
-                       x_shape, *problem.geometry(), **options)
+    grad_input = _call(_module(arrays.device, chosen.algorithm), "conv2d_grad_input", arrays,
+                       go, arrays.contiguous("weight"), x_shape, *problem.geometry(),
+                       work=problem.flops, **chosen.options)
     return arrays.give_back(grad_input, was_3d)
 
 
@@ -383,18 +286,20 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride=1, padding=0, dilation=
              [4., 4.]]]])
     """
     arrays = _Arrays(grad_out=grad_out, x=x)
-    weight_shape = _check_shape_arg(weight_shape, "weight_shape", (4,))
-    _check_weight_shape(weight_shape, "weight_shape")
-    x4, was_3d = _batched(arrays["x"], "x")
-    problem = _ConvProblem(x4.shape, weight_shape, stride, padding, dilation, groups)
+    weight_shape = checks.shape_arg(weight_shape, "weight_shape", (4,))
+    checks.weight_shape(weight_shape, "weight_shape")
+    x4, was_3d = checks.batched(arrays["x"], "x")
+    problem = conv_problem(x4.shape, weight_shape, stride, padding, dilation, groups)
     go = _grad_out_4d(arrays, problem.out_shape, was_3d)
-    module, options = problem.backend(arrays.device, algorithm, "conv2d_grad_weight",
-                                      (go, arrays["x"]))
+    chosen = plan(problem, arrays.device, "conv2d_grad_weight", algorithm,
+                  (("grad_out", go), ("x", arrays["x"])))
     if x4.shape[0] == 0:
         return arrays.give_back(arrays.empty(weight_shape))
-    x4 = _batched(arrays.contiguous("x"), "x")[0]
-    grad_weight = _call(module, "conv2d_grad_weight", arrays, go, x4, weight_shape,
-                        *problem.geometry(), **options)
+    if arrays.device == "cpu":
+        x4 = np.ascontiguousarray(x4)
+    grad_weight = _call(_module(arrays.device, chosen.algorithm), "conv2d_grad_weight", arrays,
+                        go, x4, weight_shape, *problem.geometry(), work=problem.flops,
+                        **chosen.options)
     return arrays.give_back(grad_weight)
 
 
@@ -407,7 +312,7 @@ def conv2d_grad_bias(grad_out):
     array([32., 32., 32.], dtype=float32)
     """
     arrays = _Arrays(grad_out=grad_out)
-    go, _ = _batched(arrays["grad_out"], "grad_out")
+    go, _ = checks.batched(arrays["grad_out"], "grad_out")
     if arrays.device == "cuda":
         from .cuda import elementwise
         return arrays.give_back(elementwise.channel_sum(go, stream=arrays.stream()))
@@ -419,30 +324,31 @@ def conv2d_grad_bias(grad_out):
 # Pooling
 # --------------------------------------------------------------------------
 
-def _check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return bool(value)
-
-
 def _pool_problem(x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_name="x"):
-    _check_image_shape(x_shape, x_name)
-    ceil_mode = _check_bool(ceil_mode, "ceil_mode")
+    """(kernel_size, stride, padding, dilation, out_hw, out_shape), checked; memoised
+    for plain arguments as `conv_problem` is."""
+    plain = (_plain(kernel_size) and (stride is None or _plain(stride)) and _plain(padding)
+             and _plain(dilation) and type(ceil_mode) is bool)
+    key = ("pool", x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_name)
+    if plain:
+        problem = _problems.get(key)
+        if problem is not None:
+            return problem
+    checks.image_shape(x_shape, x_name)
+    ceil_mode = checks.check_bool(ceil_mode, "ceil_mode")
     kernel_size, stride, padding, dilation, out_hw = shapes.pool_geometry(
         x_shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
-    out_shape = tuple(x_shape[:2]) + out_hw
-    return kernel_size, stride, padding, dilation, out_hw, out_shape
+    problem = kernel_size, stride, padding, dilation, out_hw, tuple(x_shape[:2]) + out_hw
+    if plain:
+        if len(_problems) >= _MAX_PROBLEMS:
+            _problems.clear()
+        _problems[key] = problem
+    return problem
 
 
-def _divisor(divisor_override):
-    if divisor_override is None:
-        return 0
-    if not shapes._is_int(divisor_override):
-        raise TypeError(f"divisor_override must be an int or None, got {divisor_override!r}")
-    if not 1 <= divisor_override <= shapes.GEOMETRY_MAX:
-        raise ValueError(
-            f"divisor_override must be between 1 and 2**31 - 1, got {divisor_override!r}")
-    return int(divisor_override)
+def _pool_work(out_shape, kernel_size):
+    """Window reads of a pooling call, the work `plan.cpu_threads` sizes threads by."""
+    return math.prod(out_shape) * kernel_size[0] * kernel_size[1]
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
@@ -460,8 +366,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     (array([[[[4.]]]]), array([[[[2]]]]))
     """
     arrays = _Arrays(x=x)
-    x4, squeeze = _batched(arrays["x"], "x")
-    return_indices = _check_bool(return_indices, "return_indices")
+    x4, squeeze = checks.batched(arrays["x"], "x")
+    return_indices = checks.check_bool(return_indices, "return_indices")
     kernel_size, stride, padding, dilation, out_hw, out_shape = _pool_problem(
         x4.shape, kernel_size, stride, padding, dilation, ceil_mode)
     if x4.shape[0] == 0:
@@ -470,9 +376,11 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
             return values
         return values, _empty_indices(arrays, out_shape, squeeze)
     module = _module(arrays.device, "pooling")
-    x4 = _batched(arrays.contiguous("x"), "x")[0]
+    if arrays.device == "cpu":
+        x4 = np.ascontiguousarray(x4)
     values, indices = _call(module, "max_pool2d", arrays, x4, kernel_size, stride,
-                            padding, dilation, out_hw, return_indices=return_indices)
+                            padding, dilation, out_hw, return_indices=return_indices,
+                            work=_pool_work(out_shape, kernel_size))
     values = arrays.give_back(values, squeeze)
     return (values, arrays.give_back(indices, squeeze)) if return_indices else values
 
@@ -497,15 +405,17 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, dilati
              [1., 0.]]]])
     """
     arrays = _Arrays(grad_out=grad_out, x=x)
-    x4, was_3d = _batched(arrays["x"], "x")
+    x4, was_3d = checks.batched(arrays["x"], "x")
     kernel_size, stride, padding, dilation, _, out_shape = _pool_problem(
         x4.shape, kernel_size, stride, padding, dilation, ceil_mode)
     go = _grad_out_4d(arrays, out_shape, was_3d)
     if x4.shape[0] == 0:
         return arrays.give_back(arrays.empty(x4.shape), was_3d)
-    x4 = _batched(arrays.contiguous("x"), "x")[0]
+    if arrays.device == "cpu":
+        x4 = np.ascontiguousarray(x4)
     grad_input = _call(_module(arrays.device, "pooling"), "max_pool2d_backward", arrays,
-                       go, x4, kernel_size, stride, padding, dilation)
+                       go, x4, kernel_size, stride, padding, dilation,
+                       work=_pool_work(go.shape, kernel_size))
     return arrays.give_back(grad_input, was_3d)
 
 
@@ -519,16 +429,18 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
              [10.5, 12.5]]]])
     """
     arrays = _Arrays(x=x)
-    x4, squeeze = _batched(arrays["x"], "x")
-    count_include_pad = _check_bool(count_include_pad, "count_include_pad")
-    divisor = _divisor(divisor_override)
+    x4, squeeze = checks.batched(arrays["x"], "x")
+    count_include_pad = checks.check_bool(count_include_pad, "count_include_pad")
+    divisor = checks.divisor(divisor_override)
     kernel_size, stride, padding, _, out_hw, out_shape = _pool_problem(
         x4.shape, kernel_size, stride, padding, 1, ceil_mode)
     if x4.shape[0] == 0:
         return arrays.give_back(arrays.empty(out_shape), squeeze)
-    x4 = _batched(arrays.contiguous("x"), "x")[0]
+    if arrays.device == "cpu":
+        x4 = np.ascontiguousarray(x4)
     out = _call(_module(arrays.device, "pooling"), "avg_pool2d", arrays, x4, kernel_size,
-                stride, padding, out_hw, count_include_pad, divisor)
+                stride, padding, out_hw, count_include_pad, divisor,
+                work=_pool_work(out_shape, kernel_size))
     return arrays.give_back(out, squeeze)
 
 
@@ -542,18 +454,19 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
              [0.25, 0.25]]]])
     """
     arrays = _Arrays(grad_out=grad_out)
-    input_shape = _check_shape_arg(input_shape, "input_shape")
+    input_shape = checks.shape_arg(input_shape, "input_shape")
     was_3d = len(input_shape) == 3
     x_shape = (1,) + input_shape if was_3d else input_shape
-    count_include_pad = _check_bool(count_include_pad, "count_include_pad")
-    divisor = _divisor(divisor_override)
+    count_include_pad = checks.check_bool(count_include_pad, "count_include_pad")
+    divisor = checks.divisor(divisor_override)
     kernel_size, stride, padding, _, _, out_shape = _pool_problem(
         x_shape, kernel_size, stride, padding, 1, ceil_mode, x_name="input_shape")
     go = _grad_out_4d(arrays, out_shape, was_3d)
     if x_shape[0] == 0:
         return arrays.give_back(arrays.empty(x_shape), was_3d)
     grad_input = _call(_module(arrays.device, "pooling"), "avg_pool2d_backward", arrays,
-                       go, x_shape, kernel_size, stride, padding, count_include_pad, divisor)
+                       go, x_shape, kernel_size, stride, padding, count_include_pad, divisor,
+                       work=_pool_work(go.shape, kernel_size))
     return arrays.give_back(grad_input, was_3d)
 
 
@@ -562,20 +475,25 @@ def avg_pool2d_backward(grad_out, input_shape, kernel_size, stride=None, padding
 # --------------------------------------------------------------------------
 
 def relu(x):
-    """max(x, 0) elementwise; NaN propagates (as torch.relu). Any shape.
+    """max(x, 0) elementwise, as torch.relu: NaN propagates and -0.0 stays -0.0
+    (x where x is not below 0). Any shape.
 
     >>> import numpy as np, fastconv as fc
-    >>> fc.relu(np.array([-1.0, 0.5]))
-    array([0. , 0.5])
+    >>> fc.relu(np.array([-1.0, -0.0, 0.5]))
+    array([ 0. , -0. ,  0.5])
     """
     arrays = _Arrays(x=x)
     if arrays.device == "cuda":
         from .cuda import elementwise
         return arrays.give_back(elementwise.relu(arrays["x"], stream=arrays.stream()))
-    # np.maximum propagates NaN, unlike a comparison-and-select; `out` keeps a 0-d
-    # input a 0-d array (not a NumPy scalar)
+    # np.maximum propagates NaN and is 10x faster than np.where, but makes -0.0 +0.0:
+    # zeros are copied back. `out` keeps a 0-d input a 0-d array (not a NumPy scalar)
     x = arrays["x"]
-    return np.maximum(x, x.dtype.type(0), out=np.empty(x.shape, x.dtype))
+    out = np.maximum(x, x.dtype.type(0), out=np.empty(x.shape, x.dtype))
+    zero = x == 0
+    if zero.any():
+        np.copyto(out, x, where=zero)
+    return out
 
 
 def relu_backward(grad_out, x):
@@ -602,32 +520,57 @@ def relu_backward(grad_out, x):
 # explain
 # --------------------------------------------------------------------------
 
-def explain(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, device="cpu",
-            operation="conv2d"):
-    """Say which algorithm `algorithm="auto"` picks for a convolution, and why.
+def explain(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, device=None,
+            operation="conv2d", algorithm="auto", grad_out=None):
+    """Say which algorithm runs a convolution, and why: the plan the call itself runs
+    (`fastconv.plan`).
 
-    >>> import fastconv as fc
+    `x_shape` and `w_shape` are the input's and the weight's shapes, or the arrays
+    themselves; `grad_out` is the gradient array of the backward operations. Given the
+    operands a call looks at (conv2d: x and the weight; conv2d_grad_input: grad_out
+    and the weight; conv2d_grad_weight: grad_out and x), explain applies the plan's
+    value step too: `auto` takes im2col instead of Winograd for operands with a NaN or
+    Inf, values that could overflow in its transforms, or an outlier whose error would
+    spread over its tile (with one of the two arrays, its NaN or Inf only). Given
+    shapes, it answers for ordinary finite operands. It never records the weights, so
+    it cannot tell whether a call would repeat an earlier call's; where that matters
+    (a kept Winograd filter) the reason says so.
+    `device` defaults to the arrays' device, else "cpu".
+
+    >>> import numpy as np, fastconv as fc
     >>> print(fc.explain((8, 64, 56, 56), (64, 64, 3, 3), padding=1))  # doctest: +ELLIPSIS
-    conv2d (8, 64, 56, 56) * (64, 64, 3, 3) -> (8, 64, 56, 56) on cpu: ...
+    conv2d (8, 64, 56, 56) * (64, 64, 3, 3) -> (8, 64, 56, 56) on cpu: winograd F(4x4,3x3) (...)
+    >>> x = np.full((8, 64, 56, 56), np.nan, np.float32)
+    >>> print(fc.explain(x, (64, 64, 3, 3), padding=1))  # doctest: +ELLIPSIS
+    conv2d (8, 64, 56, 56) * (64, 64, 3, 3) -> (8, 64, 56, 56) on cpu: im2col (x holds a NaN...)
     """
-    if device not in ("cpu", "cuda"):
+    if device is not None and device not in DEVICES:
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if operation not in CONV_OPERATIONS:
         raise ValueError(f"operation must be one of {CONV_OPERATIONS}, got {operation!r}")
-    x_shape = _check_shape_arg(x_shape, "x_shape", (4,))
-    w_shape = _check_shape_arg(w_shape, "w_shape", (4,))
-    problem = _ConvProblem(x_shape, w_shape, stride, padding, dilation, groups)
-    algorithm, reason = choose_algorithm(device, problem.x_shape, problem.w_shape,
-                                         problem.stride, problem.dilation, problem.groups,
-                                         operation)
-    tile = problem._backend_options(device, algorithm, operation).get("tile")
-    if tile is not None:
-        sizes = [f"{tile}x{tile}", f"{w_shape[2]}x{w_shape[3]}"]
-        if operation == "conv2d_grad_weight":     # F(r x r, m x m): the roles swap
-            sizes.reverse()
-        algorithm += f" F({sizes[0]},{sizes[1]})"
-    return (f"{operation} {problem.x_shape} * {problem.w_shape} -> {problem.out_shape} "
-            f"on {device}: {algorithm} ({reason})")
+    given = {name: value for name, value in (("x", x_shape), ("weight", w_shape),
+                                             ("grad_out", grad_out))
+             if value is not None and not isinstance(value, (tuple, list))}
+    arrays = _Arrays(**given) if given else None
+    if arrays is not None and device is not None and device != arrays.device:
+        raise ValueError(f"device={device!r}, but the arrays given are on {arrays.device}")
+    device = arrays.device if arrays is not None else (device or "cpu")
+    was_3d = False
+    if "x" in given:
+        x4, was_3d = checks.batched(arrays["x"], "x")
+        x_shape = tuple(x4.shape)
+    x_shape = checks.shape_arg(x_shape, "x_shape", (4,))
+    w_shape = checks.shape_arg(w_shape if "weight" not in given else
+                               tuple(arrays["weight"].shape), "w_shape", (4,))
+    problem = conv_problem(x_shape, w_shape, stride, padding, dilation, groups)
+    if "grad_out" in given:
+        arrays.arrays["grad_out"] = _grad_out_4d(arrays, problem.out_shape, was_3d)
+    looked_at = {"conv2d": ("x", "weight"), "conv2d_grad_input": ("grad_out", "weight"),
+                 "conv2d_grad_weight": ("grad_out", "x")}[operation]
+    operands = tuple((name, x4 if name == "x" else arrays[name])
+                     for name in looked_at if name in given)
+    chosen = plan(problem, device, operation, algorithm, operands, record=False)
+    return describe(problem, device, operation, chosen)
 
 
 # --------------------------------------------------------------------------
@@ -648,7 +591,7 @@ class _TransposeProblem:
         if min(w_shape) < 1:
             raise ValueError(
                 f"weight must have no zero-size dimension, got shape {tuple(w_shape)}")
-        _check_image_shape(x_shape, x_name)
+        checks.image_shape(x_shape, x_name)
         if not shapes._is_int(groups):
             raise TypeError(f"groups must be an int, got {groups!r}")
         if groups < 1:
@@ -712,7 +655,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
            [1., 1., 1., 1.]])
     """
     arrays = _Arrays(x=x, weight=weight, bias=bias)
-    x4, was_3d = _batched(arrays["x"], "x")
+    x4, was_3d = checks.batched(arrays["x"], "x")
     problem = _TransposeProblem(x4.shape, arrays["weight"].shape, stride, padding,
                                 output_padding, dilation, groups)
     c_out = problem.out_shape[1]
@@ -756,7 +699,7 @@ def conv_transpose2d_grad_input(grad_out, weight, input_shape, stride=1, padding
            [4., 4.]])
     """
     arrays = _Arrays(grad_out=grad_out, weight=weight)
-    input_shape = _check_shape_arg(input_shape, "input_shape")
+    input_shape = checks.shape_arg(input_shape, "input_shape")
     was_3d = len(input_shape) == 3
     x_shape = (1,) + input_shape if was_3d else input_shape
     problem = _TransposeProblem(x_shape, arrays["weight"].shape, stride, padding,
@@ -777,8 +720,8 @@ def conv_transpose2d_grad_weight(grad_out, x, weight_shape, stride=1, padding=0,
              [4., 4.]]]])
     """
     arrays = _Arrays(grad_out=grad_out, x=x)
-    weight_shape = _check_shape_arg(weight_shape, "weight_shape", (4,))
-    x4, was_3d = _batched(arrays["x"], "x")
+    weight_shape = checks.shape_arg(weight_shape, "weight_shape", (4,))
+    x4, was_3d = checks.batched(arrays["x"], "x")
     problem = _TransposeProblem(x4.shape, weight_shape, stride, padding, output_padding,
                                 dilation, groups)
     _transpose_grad_out(arrays, problem, was_3d)

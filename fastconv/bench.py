@@ -6,9 +6,14 @@
     python -m fastconv bench -k resnet50 --full      # a selection / the full set
 
 Writes a markdown table (time of each implementation / PyTorch's time, min of the
-rounds, and GFLOP/s) to stdout and to ``--out`` (default docs/benchmark-results.md),
-and a bar chart of the ratios to ``--png`` (default docs/benchmark-ratios.png), headed
-by the machine (CPU model from /proc/cpuinfo), thread count and date.
+rounds, and GFLOP/s) to stdout and to ``--out`` (default ./benchmark-results.md), and a
+bar chart of the ratios to ``--png`` (default ./benchmark-ratios.png), headed by the
+machine (CPU model from /proc/cpuinfo), thread count and date. Both go to the current
+directory unless told otherwise, never into the installed package.
+
+Reporting a JSON works wherever fastconv is installed. Running the benchmarks needs
+the repository's ``benchmarks/`` folder: the one in the current directory, else the
+one next to this package when it is imported from a clone.
 """
 from __future__ import annotations
 
@@ -22,8 +27,10 @@ import subprocess
 import sys
 from collections import OrderedDict
 
+# the clone this package is imported from, if it is: an installed package has no benchmarks/
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = "torch"
+BENCH_FILE = os.path.join("benchmarks", "test_bench_cpu.py")
 
 
 def cpu_model() -> str:
@@ -38,8 +45,44 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_benchmarks(json_path, select=None, full=False, extra=()):
-    cmd = [sys.executable, "-m", "pytest", os.path.join(ROOT, "benchmarks", "test_bench_cpu.py"),
+def benchmarks_root(cwd=None):
+    """The repository folder whose benchmarks/test_bench_cpu.py `bench` runs: `cwd`
+    (default the current directory) or the clone this package lives in; None if neither."""
+    for root in (os.path.abspath(cwd or os.getcwd()), ROOT):
+        if os.path.isfile(os.path.join(root, BENCH_FILE)):
+            return root
+    return None
+
+
+def threads_here() -> str:
+    """CPUs and the thread counts of numba (and torch, if installed) in this process."""
+    import numba
+    threads = f"{os.cpu_count()} CPUs, numba {numba.get_num_threads()} threads"
+    try:
+        import torch
+        threads += f", torch {torch.get_num_threads()} threads"
+    except ImportError:
+        pass
+    return threads
+
+
+def machine_of(machine_info):
+    """(CPU model, threads) of the machine a JSON was measured on: as the JSON records
+    them (benchmarks/interleaved.py's fields, or pytest-benchmark's cpu.brand_raw), else
+    this machine's, marked as such."""
+    cpu = machine_info.get("cpu_model")
+    if not cpu and isinstance(machine_info.get("cpu"), dict):
+        cpu = machine_info["cpu"].get("brand_raw")
+    threads = machine_info.get("threads")
+    if cpu:
+        return str(cpu), str(threads or threads_here())
+    return (f"{cpu_model()} (the reporting machine: the JSON names no CPU)",
+            str(threads or threads_here()))
+
+
+def run_benchmarks(json_path, select=None, full=False, extra=(), root=None):
+    root = root or benchmarks_root() or ROOT
+    cmd = [sys.executable, "-m", "pytest", os.path.join(root, BENCH_FILE),
            "--benchmark-only", "-q", f"--benchmark-json={json_path}", "-p", "no:cacheprovider"]
     if select:
         cmd += ["-k", select]
@@ -48,7 +91,7 @@ def run_benchmarks(json_path, select=None, full=False, extra=()):
     if full:
         env["FASTCONV_BENCH_FULL"] = "1"
     print("running:", " ".join(cmd), file=sys.stderr)
-    return subprocess.call(cmd, env=env, cwd=ROOT)
+    return subprocess.call(cmd, env=env, cwd=root)
 
 
 def _number(value, positive=False):
@@ -169,9 +212,23 @@ def main(argv=None) -> int:
                              "output) instead of running; repeat to merge files")
     parser.add_argument("-k", dest="select", help="pytest -k selection of benchmarks")
     parser.add_argument("--full", action="store_true", help="also the large VGG layers")
-    parser.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmark-results.md"))
-    parser.add_argument("--png", default=os.path.join(ROOT, "docs", "benchmark-ratios.png"))
+    parser.add_argument("--out", default="benchmark-results.md",
+                        help="markdown report (default: ./benchmark-results.md; '' for none)")
+    parser.add_argument("--png", default=None,
+                        help="bar chart of the ratios, needs matplotlib (default: "
+                             "./benchmark-ratios.png when matplotlib is installed; '' for none)")
     args = parser.parse_args(argv)
+    if args.png is None or args.png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            if args.png:
+                parser.error(f"--png {args.png}: the chart needs matplotlib "
+                             "(pip install matplotlib), or pass --png ''")
+            print("fastconv bench: no chart (matplotlib is not installed)", file=sys.stderr)
+            args.png = ""
+    if args.png is None:
+        args.png = "benchmark-ratios.png"
     # checked before the benchmarks run (minutes), not when the report is written
     for option, path in (("--out", args.out), ("--png", args.png)):
         folder = os.path.dirname(os.path.abspath(path)) if path else None
@@ -179,9 +236,14 @@ def main(argv=None) -> int:
             parser.error(f"{option} {path}: the folder {folder} does not exist")
     json_paths = args.json
     if not json_paths:
+        root = benchmarks_root()
+        if root is None:
+            parser.error(f"no {BENCH_FILE} here or next to the fastconv package (an installed "
+                         "fastconv has no benchmarks): run it from a clone of the repository, "
+                         "or report an existing run with --json FILE")
         import tempfile
         json_paths = [os.path.join(tempfile.mkdtemp(prefix="fastconv-bench-"), "cpu.json")]
-        rc = run_benchmarks(json_paths[0], args.select, args.full)
+        rc = run_benchmarks(json_paths[0], args.select, args.full, root=root)
         if rc not in (0, 5) or not os.path.exists(json_paths[0]):
             print(f"benchmarks failed (exit {rc})", file=sys.stderr)
             return rc or 1
@@ -196,15 +258,9 @@ def main(argv=None) -> int:
     machine = data.get("machine_info")
     machine = machine if isinstance(machine, dict) else {}
     when = str(data.get("datetime") or datetime.datetime.now(datetime.timezone.utc).isoformat())
-    import numba
-    threads = f"{os.cpu_count()} CPUs, numba {numba.get_num_threads()} threads"
-    try:
-        import torch
-        threads += f", torch {torch.get_num_threads()} threads"
-    except ImportError:
-        pass
-    title = f"{cpu_model()} ({threads}); {when[:16]} UTC; float32"
-    header = (f"## fastconv CPU benchmarks\n\nMachine: {cpu_model()}, {threads}; "
+    cpu, threads = machine_of(machine)
+    title = f"{cpu} ({threads}); {when[:16]} UTC; float32"
+    header = (f"## fastconv CPU benchmarks\n\nMachine: {cpu}, {threads}; "
               f"Python {machine.get('python_version', '?')}; run {when}; float32, "
               "min of the timed rounds; OPENBLAS_THREAD_TIMEOUT="
               f"{machine.get('OPENBLAS_THREAD_TIMEOUT', 'unset')}.")

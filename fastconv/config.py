@@ -1,4 +1,4 @@
-"""Run-time settings: workspace bound, threads, and the `auto` algorithm rule.
+"""Run-time settings: workspace bound and threads.
 
     >>> import fastconv as fc
     >>> fc.config.workspace_bytes = 64 * 2**20   # im2col works in 64 MiB chunks
@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import threading
 
+from .plan import ALGORITHMS  # noqa: F401  (re-exported: the algorithm names)
 from .shapes import _is_int  # numpy integers count, bool does not, as in the API
-
-ALGORITHMS = ("auto", "direct", "im2col", "winograd")
 
 
 class Config:
@@ -63,10 +62,13 @@ config = Config()
 
 def choose_algorithm(device, x_shape, w_shape, stride, dilation, groups,
                      operation="conv2d"):
-    """The `auto` rule: (algorithm, reason) for a normalised convolution.
+    """The shape rule of `auto` alone: (algorithm, reason) from `fastconv.autotune.choose`
+    for a normalised convolution (pairs for stride and dilation). It checks nothing and
+    sees no operands: what a call runs, fallbacks included, is `fastconv.plan.plan`'s
+    answer (`fc.explain` prints it).
 
-    The measured rule lives in `fastconv.autotune` (docs/performance.md has the
-    table behind it); this wrapper keeps Winograd off shapes it cannot do.
+    >>> choose_algorithm("cpu", (8, 64, 56, 56), (64, 1, 3, 3), (1, 1), (1, 1), 64)[0]
+    'direct'
     """
     from . import autotune
     return autotune.choose(device, tuple(x_shape), tuple(w_shape), tuple(stride),

@@ -81,18 +81,37 @@ def laplacian(diagonal=False):
     return np.array([[0., 1., 0.], [1., -4., 1.], [0., 1., 0.]])
 
 
+# The sigma accepted by `gaussian`.
+SIGMA_MIN, SIGMA_MAX = 1e-150, 1e150
+
+
 def gaussian(size=5, sigma=1.0):
     """A ``size x size`` Gaussian blur kernel with standard deviation ``sigma`` (pixels),
-    normalised to sum 1. ``size`` must be a positive odd int."""
+    normalised to sum 1. ``size`` must be a positive odd int, ``sigma`` a number in
+    [SIGMA_MIN, SIGMA_MAX] = [1e-150, 1e150] (ValueError naming sigma otherwise).
+
+    >>> gaussian(3, 1e-100)
+    array([[0., 0., 0.],
+           [0., 1., 0.],
+           [0., 0., 0.]])
+    """
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1 or size % 2 == 0:
         raise ValueError(f"size must be a positive odd int, got {size!r}")
-    if not (isinstance(sigma, (int, float, np.floating)) and not isinstance(sigma, bool)
-            and sigma > 0 and math.isfinite(sigma)):
+    if not (isinstance(sigma, (int, float, np.integer, np.floating))
+            and not isinstance(sigma, (bool, np.bool_)) and sigma > 0 and math.isfinite(sigma)):
         raise ValueError(f"sigma must be a positive number, got {sigma!r}")
+    # outside these bounds 2 * sigma**2 is 0 in float64 (0/0: a NaN kernel) or overflows;
+    # well inside them the kernel is already a single 1 or a flat box
+    if not SIGMA_MIN <= float(sigma) <= SIGMA_MAX:
+        raise ValueError(
+            f"sigma must lie between {SIGMA_MIN:g} and {SIGMA_MAX:g} (float64 cannot "
+            f"hold 2 * sigma**2 much outside them), got {sigma!r}")
+    two_variance = 2.0 * float(sigma) ** 2
     r = np.arange(size) - (size - 1) / 2
-    g = np.exp(-(r ** 2) / (2.0 * sigma ** 2))
+    g = np.exp(-(r ** 2) / two_variance)
     k = np.outer(g, g)
     return k / k.sum()
+
 
 
 def sharpen():

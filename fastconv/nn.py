@@ -49,13 +49,25 @@ import numpy as np
 
 from . import api as F
 from . import shapes
+from .checks import FLOAT_DTYPES as _FLOATS
+from .checks import array_module as _array_module, as_array as _as_array
+from .checks import check_bool as _check_bool, check_grad_out as _check_grad_out
+from .checks import device_of as _device_of, dtype_of as _dtype_of, grad_spec as _grad_spec
+from .checks import float_dtype as _check_dtype, kind_of as _kind_of
+from .checks import device_or_none as _device_or_none, type_name as _type_name
+
+def _where(arr) -> str:
+    return _device_or_none(arr) or f"{_type_name(arr)} (neither a NumPy nor a CUDA array)"
+
+
+_ARRAY_KINDS = ("a NumPy array for a CPU parameter, a CuPy (or other CUDA) array for a GPU "
+                "one")
 from .config import ALGORITHMS
 
 __all__ = ["Parameter", "Module", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
            "ReLU", "Flatten", "Linear", "Dropout", "Identity", "Sequential",
            "CrossEntropyLoss", "SGD", "Summary", "manual_seed"]
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INITS = ("kaiming_normal", "kaiming_uniform", "zeros")
 
 # --------------------------------------------------------------------------
@@ -99,78 +111,6 @@ def _rng(rng):
 # Arrays: NumPy on the CPU, CuPy on the GPU
 # --------------------------------------------------------------------------
 
-def _array_module(arr):
-    """numpy for NumPy arrays, cupy for CuPy arrays."""
-    if isinstance(arr, np.ndarray):
-        return np
-    if type(arr).__module__.split(".")[0] == "cupy":
-        import cupy
-        return cupy
-    raise TypeError(
-        f"this layer does array arithmetic and takes NumPy arrays (CPU) or CuPy arrays (GPU), "
-        f"got {type(arr).__name__}; convert with numpy.asarray / cupy.asarray first "
-        "(Conv2d, the poolings, ReLU and Flatten take any CUDA array)")
-
-
-def _is_device_array(x) -> bool:
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
-    if type(x).__module__.startswith("numba"):  # simulator device arrays have no interface
-        from .cuda import interop
-        return interop.is_device_array(x)
-    return False
-
-
-def _as_array(x, name="x"):
-    """x itself for NumPy, CuPy and other CUDA arrays (those go to the CUDA kernels);
-    other array-likes through numpy.asarray."""
-    if isinstance(x, np.ndarray) or type(x).__module__.split(".")[0] == "cupy" \
-            or _is_device_array(x):
-        return x
-    try:
-        return np.asarray(x)
-    except Exception as exc:
-        raise TypeError(f"{name} must be an array, got {type(x).__name__} ({exc})") from None
-
-
-def _device_of(arr) -> str:
-    return "cpu" if isinstance(arr, np.ndarray) else "cuda"
-
-
-def _dtype_of(arr):
-    try:
-        return np.dtype(arr.dtype)
-    except TypeError:  # torch tensors: their dtype is not a numpy dtype
-        return np.dtype(arr.__cuda_array_interface__["typestr"])
-
-
-def _grad_spec(out):
-    """What `_check_grad_out` holds grad_out to: the forward output's shape, dtype, device."""
-    return tuple(out.shape), _dtype_of(out), _device_of(out)
-
-
-def _check_grad_out(grad_out, spec, layer):
-    """grad_out as an array matching the forward output, for layers whose backward does its
-    own arithmetic: the checks the API's backward functions make, so that a wrong gradient
-    is refused rather than broadcast or silently promoted to another dtype."""
-    if spec is None:
-        raise RuntimeError(f"{layer}.backward called before forward")
-    if grad_out is None:
-        raise TypeError("grad_out must be an array, got None")
-    grad_out = _as_array(grad_out, "grad_out")
-    shape, dtype, device = spec
-    if _device_of(grad_out) != device:
-        raise TypeError(f"grad_out is on the {_device_of(grad_out)}, but the forward output "
-                        f"was on the {device}; move it first")
-    if _dtype_of(grad_out) != dtype:
-        raise TypeError(f"grad_out has dtype {_dtype_of(grad_out)}, but the forward output "
-                        f"has dtype {dtype}; cast it with .astype(numpy.{dtype}) first")
-    if tuple(grad_out.shape) != shape:
-        raise ValueError(f"grad_out must have the forward output's shape {shape}, "
-                         f"got {tuple(grad_out.shape)}")
-    return grad_out
-
-
 def _to_device(arr, device):
     if device == "cpu":
         if isinstance(arr, np.ndarray):
@@ -185,24 +125,8 @@ def _to_device(arr, device):
     return cupy.asarray(arr)
 
 
-def _check_dtype(dtype, name="dtype"):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from None
-    if dt not in _FLOATS:
-        raise TypeError(f"{name} must be float32 or float64, got {dt}")
-    return dt
-
-
 def _positive_int(value, name):
     return _int_at_least(value, name, 1, "a positive int")
-
-
-def _check_bool(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _input_shape(input_shape, name="input_shape"):
@@ -225,6 +149,65 @@ def _image_shape(input_shape, layer):
 
 def _restore_batch(shape, batched_shape):
     return shape if batched_shape[0] is not None else shape[1:]
+
+
+# --------------------------------------------------------------------------
+# Inputs kept for backward
+# --------------------------------------------------------------------------
+
+# Positions sampled in a kept input: any in-place change of a contiguous run of at
+# least size / SAVED_SAMPLE elements (a data loader refilling its buffer) is seen.
+SAVED_SAMPLE = 4096
+
+
+def _sample_bytes(x):
+    """The bytes of up to SAVED_SAMPLE evenly spaced elements of a NumPy or CuPy array
+    (None for other arrays); a few microseconds, whatever x's size."""
+    if isinstance(x, np.ndarray):
+        xp = np
+    elif type(x).__module__.split(".")[0] == "cupy":
+        import cupy as xp
+    else:
+        return None
+    if x.size == 0:
+        return None
+    step = max(1, x.size // SAVED_SAMPLE)
+    if x.flags.c_contiguous:
+        picked = x.reshape(-1)[::step]              # a view: only the sample is copied
+    else:
+        picked = x[xp.unravel_index(xp.arange(0, x.size, step), x.shape)]
+    return picked.copy().view(xp.uint8)       # a copy even where picked is all of x
+
+
+class _SavedInput:
+    """A forward input kept for backward. NumPy counts no in-place changes (torch's
+    version counter does), so a sample of its values is kept with it and compared at
+    backward; torch tensors' own version counter is compared too."""
+
+    __slots__ = ("array", "_sample", "_version")
+
+    def __init__(self, array):
+        self.array = array
+        self._version = getattr(array, "_version", None)
+        self._sample = _sample_bytes(array)
+
+    def get(self, layer):
+        """The kept array; RuntimeError if it was modified in place since forward."""
+        x, changed = self.array, False
+        if self._version is not None and getattr(x, "_version", None) != self._version:
+            changed = True
+        elif self._sample is not None:
+            xp = np if isinstance(x, np.ndarray) else _array_module(x)
+            now = _sample_bytes(x)
+            changed = now is None or now.shape != self._sample.shape \
+                or not bool(xp.array_equal(now, self._sample))
+        if changed:
+            raise RuntimeError(
+                f"{layer}.backward: the input that forward kept was modified in place "
+                "before backward, so the gradients would come from other data (torch: "
+                "'modified by an inplace operation'); keep it unchanged until backward, "
+                "or pass forward a copy")
+        return x
 
 
 # --------------------------------------------------------------------------
@@ -261,7 +244,7 @@ class Parameter:
         and device (`check_grad`)."""
         self.check_grad(grad)
         if self.grad is None:
-            if isinstance(grad, np.ndarray) or type(grad).__module__.split(".")[0] == "cupy":
+            if _kind_of(grad) in ("numpy", "cupy"):
                 grad = grad.copy()  # the caller may hold on to it
             self.grad = grad  # other CUDA arrays: the API's result is a fresh array
         else:
@@ -272,10 +255,15 @@ class Parameter:
         dtype and device (TypeError) and shape (ValueError). Broadcasting or casting a
         gradient would hide a bug in a backward pass or a hand-set ``p.grad``."""
         what = f"the gradient of parameter {self.name!r}" if self.name else "the gradient"
-        if not hasattr(grad, "shape") or not hasattr(grad, "dtype"):
-            raise TypeError(f"{what} must be an array, got {type(grad).__name__}")
-        if _device_of(grad) != _device_of(self.data):
-            raise TypeError(f"{what} is on the {_device_of(grad)}, "
+        self._check_grad(grad, what)
+
+    def _check_grad(self, grad, what):
+        kind = _device_or_none(grad)
+        if kind is None:
+            raise TypeError(f"{what} must be {_ARRAY_KINDS}, got a {_type_name(grad)}; "
+                            "convert it with numpy.asarray (or .numpy() for a CPU torch tensor)")
+        if kind != _device_of(self.data):
+            raise TypeError(f"{what} is on the {kind}, "
                             f"the parameter on the {_device_of(self.data)}")
         if _dtype_of(grad) != self.dtype:
             raise TypeError(f"{what} must have the parameter's dtype {self.dtype}, "
@@ -289,8 +277,9 @@ class Parameter:
             self.grad[...] = 0
 
     def __repr__(self):
-        return (f"Parameter(name={self.name!r}, shape={self.shape}, dtype={self.dtype}, "
-                f"device={_device_of(self.data)!r})")
+        # data may be anything a user assigned (SGD says what it must be): never fail here
+        return (f"Parameter(name={self.name!r}, shape={self.shape}, "
+                f"dtype={getattr(self.data, 'dtype', None)}, device={_where(self.data)!r})")
 
 
 class Module:
@@ -463,14 +452,15 @@ class Conv2d(Module):
             raise ValueError(
                 f"{self!r} expects {self.in_channels} input channels, got input of shape "
                 f"{tuple(x.shape)}")
-        self._x = x
-        return F.conv2d(x, self.weight.data, None if self.bias is None else self.bias.data,
-                        algorithm=self.algorithm, **self._geometry())
+        out = F.conv2d(x, self.weight.data, None if self.bias is None else self.bias.data,
+                       algorithm=self.algorithm, **self._geometry())
+        self._x = _SavedInput(x)
+        return out
 
     def backward(self, grad_out):
         if self._x is None:
             raise RuntimeError("Conv2d.backward called before forward")
-        x = self._x
+        x = self._x.get("Conv2d")
         g = self._geometry()
         # The input gradient first: the API checks grad_out (type, dtype, shape, device)
         # there, before any parameter gradient is touched, even with a frozen weight.
@@ -634,7 +624,7 @@ class MaxPool2d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         self.kernel_size = shapes.pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else shapes.pair(stride, "stride")
+        self.stride = shapes.pool_stride(stride, self.kernel_size)
         self.dilation = shapes.pair(dilation, "dilation")
         shapes.pool_padding(padding, self.kernel_size)
         self.padding = padding
@@ -646,13 +636,15 @@ class MaxPool2d(Module):
                     dilation=self.dilation, ceil_mode=self.ceil_mode)
 
     def forward(self, x):
-        self._x = x = _as_array(x)
-        return F.max_pool2d(x, **self._args())
+        x = _as_array(x)
+        out = F.max_pool2d(x, **self._args())
+        self._x = _SavedInput(x)
+        return out
 
     def backward(self, grad_out):
         if self._x is None:
             raise RuntimeError("MaxPool2d.backward called before forward")
-        return F.max_pool2d_backward(grad_out, self._x, **self._args())
+        return F.max_pool2d_backward(grad_out, self._x.get("MaxPool2d"), **self._args())
 
     def output_shape(self, input_shape):
         n, c, h, w = _image_shape(input_shape, "MaxPool2d")
@@ -682,14 +674,12 @@ class AvgPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
                  count_include_pad=True, divisor_override=None):
         self.kernel_size = shapes.pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else shapes.pair(stride, "stride")
+        self.stride = shapes.pool_stride(stride, self.kernel_size)
         shapes.pool_padding(padding, self.kernel_size)
         self.padding = padding
         self.ceil_mode = _check_bool(ceil_mode, "ceil_mode")
         self.count_include_pad = _check_bool(count_include_pad, "count_include_pad")
-        if divisor_override is not None:
-            divisor_override = _positive_int(divisor_override, "divisor_override")
-        self.divisor_override = divisor_override
+        self.divisor_override = shapes.divisor(divisor_override) or None
         self._input_shape = None
         self._spec = None
 
@@ -743,7 +733,8 @@ class AdaptiveAvgPool2d(Module):
     """
 
     def __init__(self, output_size):
-        self.output_size = shapes.pair(output_size, "output_size")
+        # torch refuses a one-element output_size here, unlike kernel sizes and strides
+        self.output_size = shapes.pair(output_size, "output_size", one_for_both=False)
         self._pool = None
         self._spec = None  # set by an identity forward
 
@@ -796,13 +787,15 @@ class ReLU(Module):
         self._x = None
 
     def forward(self, x):
-        self._x = x = _as_array(x)
-        return F.relu(x)
+        x = _as_array(x)
+        out = F.relu(x)
+        self._x = _SavedInput(x)
+        return out
 
     def backward(self, grad_out):
         if self._x is None:
             raise RuntimeError("ReLU.backward called before forward")
-        return F.relu_backward(grad_out, self._x)
+        return F.relu_backward(grad_out, self._x.get("ReLU"))
 
 
 class Identity(Module):
@@ -889,17 +882,18 @@ class Linear(Module):
             raise TypeError(
                 f"{self!r} has {np.dtype(self.weight.data.dtype)} parameters, got a "
                 f"{np.dtype(x.dtype)} input; cast one of them")
-        self._x = x
         y = x @ self.weight.data.T
         if self.bias is not None:
             y += self.bias.data
+        self._x = _SavedInput(x)
         self._spec = _grad_spec(y)
         return y
 
     def backward(self, grad_out):
         grad_out = _check_grad_out(grad_out, self._spec, "Linear")
+        x = self._x.get("Linear")
         if self.weight.requires_grad:
-            self.weight.accumulate(grad_out.T @ self._x)
+            self.weight.accumulate(grad_out.T @ x)
         if self.bias is not None and self.bias.requires_grad:
             self.bias.accumulate(grad_out.sum(axis=0))
         return grad_out @ self.weight.data
@@ -918,7 +912,14 @@ class Linear(Module):
 
 class Dropout(Module):
     """Zeroes each element with probability ``p`` in training mode and scales the rest
-    by ``1 / (1 - p)`` (inverted dropout, as PyTorch); the identity in eval mode."""
+    by ``1 / (1 - p)`` (inverted dropout, as PyTorch); the identity in eval mode.
+    The input must be float32 or float64 (TypeError otherwise, as for ReLU).
+
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> nn.Dropout(0.5, rng=0)(np.ones(4, np.float32))
+    array([2., 0., 0., 0.], dtype=float32)
+    """
 
     def __init__(self, p=0.5, rng=None):
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
@@ -932,10 +933,14 @@ class Dropout(Module):
 
     def forward(self, x):
         x = _as_array(x)
-        if not self.training or self.p == 0:
+        dropping = self.training and self.p != 0
+        xp = _array_module(x) if dropping else None
+        # the 1/(1-p) scale is float math: an integer input would truncate it (torch
+        # refuses it too), so only float input, in every mode, as ReLU
+        _check_dtype(_dtype_of(x), "Dropout's input x")
+        if not dropping:
             self._mask = None
         else:
-            xp = _array_module(x)
             if self.p == 1:
                 self._mask = xp.zeros(x.shape, dtype=x.dtype)
             else:
@@ -1157,7 +1162,7 @@ class _StateMismatch(ValueError):
 
 def _propagate(layer, shape):
     """output_shape with a batch of None: propagate with N=1, put None back."""
-    if shape[0] is None:
+    if shape and shape[0] is None:
         out = layer.output_shape((1,) + tuple(shape[1:]))
         return (None,) + tuple(out[1:])
     return tuple(layer.output_shape(shape))
@@ -1238,9 +1243,20 @@ class SGD:
     ``params`` is an iterable of `Parameter`: ``model.parameters()``, or a selection of
     them. As in PyTorch, a Module itself is refused (TypeError saying what to pass).
     ``step()`` applies it to every parameter that has a gradient and ``requires_grad``,
-    after checking every such gradient against its parameter (`Parameter.check_grad`:
-    same shape, dtype and device), so a bad one leaves all parameters untouched;
-    ``zero_grad()`` clears the gradients (call it before each backward).
+    after checking every such parameter: its data a writable float NumPy (or CuPy) array,
+    its gradient of the same kind, shape and dtype (`Parameter.check_grad`), its momentum
+    buffer (if any) still of the data's shape and dtype. A bad one raises an error that
+    names it (``"0.weight"``, or ``params[i]`` for an unnamed one), and leaves every
+    parameter and momentum buffer untouched; ``zero_grad()`` clears the gradients (call
+    it before each backward).
+
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> p = nn.Parameter(np.ones(2, np.float32), "w")
+    >>> p.grad = np.full(2, 0.5, np.float32)
+    >>> nn.SGD([p], lr=0.1).step()
+    >>> p.data
+    array([0.95, 0.95], dtype=float32)
     """
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
@@ -1271,11 +1287,38 @@ class SGD:
         for p in self.params:
             p.grad = None
 
+    def _check_step(self, p, label):
+        """Everything `step` needs of `p`, checked before any parameter moves."""
+        data = p.data
+        if not (isinstance(data, np.ndarray) or type(data).__module__.split(".")[0] == "cupy"):
+            raise TypeError(
+                f"{label}: SGD updates the data in place with array arithmetic and takes a "
+                f"NumPy (CPU) or CuPy (GPU) array, got a {_type_name(data)}")
+        if np.dtype(data.dtype) not in _FLOATS:
+            raise TypeError(f"{label}: the data must be float32 or float64, got {data.dtype}")
+        if isinstance(data, np.ndarray) and not data.flags.writeable:
+            raise ValueError(
+                f"{label}: the data is read-only, and SGD updates it in place; give the "
+                "parameter a writable array (p.data = p.data.copy())")
+        grad = p.grad
+        p._check_grad(grad, f"{label}: the gradient")
+        if type(grad).__module__.split(".")[0] != type(data).__module__.split(".")[0]:
+            raise TypeError(f"{label}: the gradient is a {_type_name(grad)}, the data a "
+                            f"{_type_name(data)}; SGD needs two arrays of one kind")
+        buf = self._buffers.get(id(p))
+        if buf is not None and (tuple(buf.shape) != p.shape or buf.dtype != data.dtype
+                                or type(buf) is not type(data)):
+            raise ValueError(
+                f"{label}: its momentum buffer has shape {tuple(buf.shape)} and dtype "
+                f"{buf.dtype}, but the data now has shape {p.shape} and dtype {p.dtype}; "
+                "make a new SGD for a model whose parameters were replaced")
+
     def step(self):
-        active = [p for p in self.params if p.grad is not None and p.requires_grad]
-        for p in active:
-            p.check_grad(p.grad)
-        for p in active:
+        active = [(i, p) for i, p in enumerate(self.params)
+                  if p.grad is not None and p.requires_grad]
+        for i, p in active:
+            self._check_step(p, f"parameter {p.name!r}" if p.name else f"params[{i}]")
+        for _, p in active:
             g = p.grad
             if self.weight_decay:
                 g = g + self.weight_decay * p.data

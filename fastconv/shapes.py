@@ -6,6 +6,11 @@ kernel size and output size from here, so the rules (PyTorch's) live once.
 Normalised forms:
     pair      -> (h, w) of Python ints
     padding   -> (top, bottom, left, right) of Python ints
+
+Argument forms accepted, as `torch.nn.functional` accepts them: an int, an (h, w)
+pair, or a one-element tuple or list, which applies to both dimensions
+(``stride=(2,)`` is ``stride=2``); a pooling ``stride`` of None, ``()`` or ``[]``
+is the kernel size.
 """
 from __future__ import annotations
 
@@ -38,17 +43,62 @@ def _check_int(value, name: str, minimum: int):
     return int(value)
 
 
-def pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
-    """Normalise an int or an (h, w) pair to a pair of Python ints >= `minimum`."""
+def pair(value, name: str, minimum: int = 1, one_for_both: bool = True) -> tuple[int, int]:
+    """Normalise an int or an (h, w) pair to a pair of Python ints >= `minimum`.
+
+    A one-element tuple or list applies to both dimensions, as in PyTorch
+    (``one_for_both=False`` refuses it, where PyTorch does: adaptive pooling's size).
+
+    >>> pair(2, "stride"), pair((2, 3), "stride"), pair([2], "stride")
+    ((2, 2), (2, 3), (2, 2))
+    """
     if isinstance(value, (tuple, list)):
+        if len(value) == 1 and one_for_both:
+            v = _check_int(value[0], name, minimum)
+            return (v, v)
         if len(value) != 2:
+            forms = "an int, a pair (h, w) or a one-element tuple" if one_for_both \
+                else "an int or a pair (h, w)"
             raise ValueError(
-                f"{name} must be an int or a pair (h, w), got {value!r} "
-                f"with {len(value)} entries")
+                f"{name} must be {forms}, got {value!r} with {len(value)} entries")
         h, w = value
         return (_check_int(h, name, minimum), _check_int(w, name, minimum))
     v = _check_int(value, name, minimum)
     return (v, v)
+
+
+def pool_stride(stride, kernel_size) -> tuple[int, int]:
+    """A pooling stride: None, ``()`` or ``[]`` mean the kernel size (PyTorch's
+    ``stride=None`` default, and what torch.nn.functional makes of an empty
+    stride); otherwise as `pair`. `kernel_size` is already a pair.
+
+    >>> pool_stride((), (3, 2)), pool_stride((1,), (3, 2))
+    ((3, 2), (1, 1))
+    """
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        return tuple(kernel_size)
+    return pair(stride, "stride")
+
+
+def divisor(divisor_override) -> int:
+    """avg_pool2d's ``divisor_override``: None (0: no override) or a nonzero int,
+    negative allowed, as in PyTorch; at most 2**31 - 1 in magnitude.
+
+    >>> divisor(None), divisor(-3)
+    (0, -3)
+    """
+    if divisor_override is None:
+        return 0
+    if not _is_int(divisor_override):
+        raise TypeError(
+            f"divisor_override must be an int or None, got {divisor_override!r} "
+            f"of type {type(divisor_override).__name__}")
+    if divisor_override == 0:
+        raise ValueError("divisor_override must not be zero (as in PyTorch), got 0")
+    if abs(divisor_override) > GEOMETRY_MAX:
+        raise ValueError(
+            f"divisor_override must be at most 2**31 - 1 in magnitude, got {divisor_override!r}")
+    return int(divisor_override)
 
 
 def conv_padding(padding, kernel_size, dilation, stride) -> tuple[int, int, int, int]:
@@ -231,7 +281,7 @@ def pool_geometry(in_hw, kernel_size, stride, padding, dilation, ceil_mode):
         # the max-pool kernels keep a window position in an int32
         raise ValueError(
             f"kernel_size must hold at most 2**31 - 1 elements, got {kernel_size!r}")
-    stride = kernel_size if stride is None else pair(stride, "stride")
+    stride = pool_stride(stride, kernel_size)
     dilation = pair(dilation, "dilation")
     if not isinstance(ceil_mode, (bool, numbers.Integral)):
         raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
@@ -248,7 +298,8 @@ def conv_flops(x_shape, w_shape, out_hw, groups=1) -> int:
     return 2 * n * k * out_hw[0] * out_hw[1] * c_per_group * kh * kw
 
 
-__all__ = ["pair", "conv_padding", "pool_padding", "output_size", "conv_geometry",
+__all__ = ["pair", "pool_stride", "divisor", "conv_padding", "pool_padding", "output_size",
+           "conv_geometry",
            "pool_geometry", "check_element_count", "conv_flops"]
 
 

@@ -10,9 +10,12 @@ from fastconv import api, reference
 ALGORITHMS = ["direct", "im2col", "winograd"]
 
 
-def test_docstring_examples_run():
-    failures, tried = doctest.testmod(api, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert tried > 5 and failures == 0
+@pytest.mark.parametrize("module", ["api", "plan", "checks", "config"])
+def test_docstring_examples_run(module):
+    import importlib
+    module = importlib.import_module(f"fastconv.{module}")
+    failures, tried = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert tried >= 2 and failures == 0
 
 
 def test_hand_computed_example():
@@ -162,29 +165,29 @@ def test_inputs_are_never_written(algorithm, rng):
     fc.avg_pool2d(x, 3, 1, 1)
 
 
-def test_auto_takes_winograd_when_the_weights_repeat(rng, monkeypatch):
+def test_auto_takes_winograd_when_the_weights_repeat(rng):
     """A layer with too few pixels for Winograd's per-call filter transform runs im2col,
     until a call repeats an earlier call's weights (inference): then Winograd with the
     kept filter. Weights changed in place (a training step) go back to im2col."""
     from fastconv.cpu import winograd
     winograd.release_workspace()
     picked = []
-    module_of = api._module
 
-    def module(device, algorithm):
-        picked.append(algorithm)
-        return module_of(device, algorithm)
-    monkeypatch.setattr(api, "_module", module)
+    def conv2d(*args, **kw):
+        out = fc.conv2d(*args, **kw)
+        picked.append(fc.plan.last_plan().algorithm)
+        return out
+
     x = rng.standard_normal((1, 128, 24, 24)).astype(np.float32)   # 576 pixels, 9.4 M
     w = rng.standard_normal((128, 128, 3, 3)).astype(np.float32)
     expected = reference.conv2d(x, w, None, (1, 1), (1, 1, 1, 1))
     assert "repeats an earlier call's weights" in fc.explain(x.shape, w.shape, padding=1)
-    outputs = [fc.conv2d(x, w, padding=1) for _ in range(3)]
+    outputs = [conv2d(x, w, padding=1) for _ in range(3)]
     w *= 1.5                                    # a training step, in place
-    outputs.append(fc.conv2d(x, w, padding=1) / 1.5)
-    outputs.append(fc.conv2d(x, w, padding=1) / 1.5)    # then frozen: a repeat again
+    outputs.append(conv2d(x, w, padding=1) / 1.5)
+    outputs.append(conv2d(x, w, padding=1) / 1.5)    # then frozen: a repeat again
     w2 = w.copy()                               # new array, same values: not a repeat
-    outputs.append(fc.conv2d(x, w2, padding=1) / 1.5)
+    outputs.append(conv2d(x, w2, padding=1) / 1.5)
     assert picked == ["im2col", "winograd", "winograd", "im2col", "winograd", "im2col"]
     for out in outputs:
         np.testing.assert_allclose(out, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())

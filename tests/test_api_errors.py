@@ -64,6 +64,16 @@ BAD_CALLS = [
     ("padding wrong nesting", lambda: fc.conv2d(x4(), w4(), padding=((1, 1, 1), (1, 1))), ValueError, "padding"),
     ("padding None", lambda: fc.conv2d(x4(), w4(), padding=None), TypeError, "padding"),
     ("dilation zero", lambda: fc.conv2d(x4(), w4(), dilation=0), ValueError, "dilation"),
+    # the empty forms torch refuses too (an empty pooling stride is the kernel size)
+    ("stride empty", lambda: fc.conv2d(x4(), w4(), stride=()), ValueError, "stride"),
+    ("padding empty", lambda: fc.conv2d(x4(), w4(), padding=[]), ValueError, "padding"),
+    ("dilation empty", lambda: fc.conv2d(x4(), w4(), dilation=()), ValueError, "dilation"),
+    ("grad_weight stride empty", lambda: fc.conv2d_grad_weight(go4(), x4(), (4, 3, 3, 3), stride=()), ValueError, "stride"),
+    ("pool kernel empty", lambda: fc.max_pool2d(x4(), ()), ValueError, "kernel_size"),
+    ("pool padding empty", lambda: fc.avg_pool2d(x4(), 2, padding=()), ValueError, "padding"),
+    ("pool dilation empty", lambda: fc.max_pool2d(x4(), 2, dilation=()), ValueError, "dilation"),
+    ("pool stride triple", lambda: fc.max_pool2d(x4(), 2, stride=(1, 1, 1)), ValueError, "stride"),
+    ("pool kernel nested", lambda: fc.max_pool2d(x4(), ((2,),)), TypeError, "kernel_size"),
     # geometry past 2**31 - 1 (it once wrapped around inside the kernels: a crash, wrong
     # results, or numba's SystemError / OverflowError)
     ("dilation 2**63 - 1", lambda: fc.conv2d(x4(), w4(), padding="same", dilation=2**63 - 1), ValueError, "dilation"),
@@ -101,6 +111,9 @@ BAD_CALLS = [
     ("pool ceil_mode string", lambda: fc.max_pool2d(x4(), 2, ceil_mode="yes"), TypeError, "ceil_mode"),
     ("pool return_indices int", lambda: fc.max_pool2d(x4(), 2, return_indices=2), TypeError, "return_indices"),
     ("avg divisor zero", lambda: fc.avg_pool2d(x4(), 2, divisor_override=0), ValueError, "divisor_override"),
+    ("avg divisor -2**31", lambda: fc.avg_pool2d(x4(), 2, divisor_override=-2**31), ValueError, "divisor_override"),
+    ("avg divisor bool", lambda: fc.avg_pool2d(x4(), 2, divisor_override=True), TypeError, "divisor_override"),
+    ("avg backward divisor zero", lambda: fc.avg_pool2d_backward(go4((2, 3, 4, 4)), (2, 3, 8, 8), 2, divisor_override=0), ValueError, "divisor_override"),
     ("avg divisor float", lambda: fc.avg_pool2d(x4(), 2, divisor_override=2.5), TypeError, "divisor_override"),
     ("avg count_include_pad None", lambda: fc.avg_pool2d(x4(), 2, count_include_pad=None), TypeError, "count_include_pad"),
     ("pool int x", lambda: fc.avg_pool2d(x4(dtype=np.int8), 2), TypeError, "x"),
@@ -125,10 +138,6 @@ def test_bad_call_raises_clear_error(call, error, word):
     with pytest.raises(error) as info:
         call()
     assert word.lower() in str(info.value).lower(), str(info.value)
-
-
-def test_there_are_enough_bad_calls():
-    assert len(BAD_CALLS) >= 40
 
 
 def test_inputs_unchanged_after_a_refused_call():
@@ -156,6 +165,11 @@ LAYER_CALLS = [
     ("Conv2d winograd 5x5", lambda: fc.nn.Conv2d(3, 4, 5, algorithm="winograd"), ValueError, "winograd"),
     ("MaxPool2d padding", lambda: fc.nn.MaxPool2d(2, padding=3), ValueError, "padding"),
     ("AvgPool2d divisor", lambda: fc.nn.AvgPool2d(2, divisor_override=0), ValueError, "divisor_override"),
+    ("MaxPool2d kernel empty", lambda: fc.nn.MaxPool2d(()), ValueError, "kernel_size"),
+    ("Conv2d stride empty", lambda: fc.nn.Conv2d(3, 4, 3, stride=()), ValueError, "stride"),
+    ("AdaptiveAvgPool2d one-element size", lambda: fc.nn.AdaptiveAvgPool2d((2,)), ValueError, "output_size"),
+    ("summary empty shape", lambda: fc.nn.Sequential(fc.nn.Conv2d(3, 4, 3)).summary(()), ValueError, "shape"),
+    ("Dropout int input", lambda: fc.nn.Dropout(0.3)(np.ones(8, np.int64)), TypeError, "float32"),
     ("Linear zero", lambda: fc.nn.Linear(0, 3), ValueError, "in_features"),
     ("Dropout p", lambda: fc.nn.Dropout(1.5), ValueError, "p"),
     ("Sequential non-layer", lambda: fc.nn.Sequential(fc.nn.ReLU(), "relu"), TypeError, "layer"),
@@ -200,3 +214,111 @@ def test_geometry_at_the_bound_is_computed_not_refused():
     assert fc.max_pool2d(one, kernel, 1, padding)[0, 0, 0, 0] == 1.0
     np.testing.assert_allclose(fc.avg_pool2d(one, kernel, 1, padding), 1 / (2**31 - 1))
     assert fc.max_pool2d_backward(one, one, kernel, 1, padding)[0, 0, 0, 0] == 1.0
+
+
+# ---------------------------------------------------------------- PyTorch's argument forms
+
+# (id, function, positional arrays, form, the same call in canonical form): a one-element
+# tuple or list applies to both dimensions, a pooling stride of () or [] is the kernel
+# size, a negative divisor_override divides by it, as torch.nn.functional does.
+_X, _W = np.arange(2 * 3 * 9 * 9, dtype=np.float64).reshape(2, 3, 9, 9) % 7, \
+    np.arange(4 * 3 * 3 * 3, dtype=np.float64).reshape(4, 3, 3, 3) % 5 - 2
+FORMS = [
+    ("conv stride (2,)", "conv2d", (_X, _W), dict(stride=(2,)), dict(stride=2)),
+    ("conv stride [2]", "conv2d", (_X, _W), dict(stride=[2]), dict(stride=2)),
+    ("conv padding (1,)", "conv2d", (_X, _W), dict(padding=(1,)), dict(padding=1)),
+    ("conv padding [1]", "conv2d", (_X, _W), dict(padding=[1]), dict(padding=1)),
+    ("conv dilation (2,)", "conv2d", (_X, _W), dict(dilation=(2,)), dict(dilation=2)),
+    ("max kernel (2,)", "max_pool2d", (_X, (2,)), {}, dict(kernel_size=2)),
+    ("max kernel [2]", "max_pool2d", (_X, [2]), {}, dict(kernel_size=2)),
+    ("max stride ()", "max_pool2d", (_X, (3, 2)), dict(stride=()), dict(stride=(3, 2))),
+    ("max stride []", "max_pool2d", (_X, 3), dict(stride=[]), dict(stride=3)),
+    ("max stride (1,)", "max_pool2d", (_X, 2), dict(stride=(1,)), dict(stride=1)),
+    ("max padding (1,)", "max_pool2d", (_X, 3), dict(padding=(1,)), dict(padding=1)),
+    ("max dilation (2,)", "max_pool2d", (_X, 2), dict(stride=1, dilation=(2,)),
+     dict(stride=1, dilation=2)),
+    ("avg kernel (2,)", "avg_pool2d", (_X, (2,)), {}, dict(kernel_size=2)),
+    ("avg stride ()", "avg_pool2d", (_X, 3), dict(stride=()), dict(stride=3)),
+    ("avg padding [1]", "avg_pool2d", (_X, 3), dict(stride=2, padding=[1]),
+     dict(stride=2, padding=1)),
+]
+
+
+def _canonical_call(function, arrays, canonical):
+    if function != "conv2d" and "kernel_size" in canonical:
+        return getattr(fc, function)(arrays[0], **canonical)
+    return getattr(fc, function)(*arrays, **canonical)
+
+
+@pytest.mark.parametrize("function, arrays, form, canonical", [f[1:] for f in FORMS],
+                         ids=[f[0] for f in FORMS])
+def test_pytorch_argument_forms_are_accepted(function, arrays, form, canonical):
+    np.testing.assert_array_equal(getattr(fc, function)(*arrays, **form),
+                                  _canonical_call(function, arrays, canonical))
+
+
+@pytest.mark.parametrize("function, arrays, form, canonical", [f[1:] for f in FORMS],
+                         ids=[f[0] for f in FORMS])
+def test_the_accepted_forms_are_torchs(function, arrays, form, canonical):
+    torch = pytest.importorskip("torch")
+    args = [torch.tensor(a) if isinstance(a, np.ndarray) else a for a in arrays]
+    expected = getattr(torch.nn.functional, function)(*args, **form).numpy()
+    np.testing.assert_allclose(getattr(fc, function)(*arrays, **form), expected, rtol=1e-12)
+
+
+def test_the_forms_reach_the_gradients_and_layers():
+    x, w = _X, _W
+    go = np.ones(fc.conv2d(x, w, stride=2, padding=1, dilation=2).shape)
+    one = dict(stride=(2,), padding=[1], dilation=(2,))
+    both = dict(stride=2, padding=1, dilation=2)
+    np.testing.assert_array_equal(fc.conv2d_grad_input(go, w, x.shape, **one),
+                                  fc.conv2d_grad_input(go, w, x.shape, **both))
+    np.testing.assert_array_equal(fc.conv2d_grad_weight(go, x, w.shape, **one),
+                                  fc.conv2d_grad_weight(go, x, w.shape, **both))
+    pooled = np.ones((2, 3, 3, 3))
+    np.testing.assert_array_equal(fc.max_pool2d_backward(pooled, x, (3,), stride=()),
+                                  fc.max_pool2d_backward(pooled, x, 3))
+    np.testing.assert_array_equal(fc.avg_pool2d_backward(pooled, x.shape, [3], stride=[]),
+                                  fc.avg_pool2d_backward(pooled, x.shape, 3))
+    conv = fc.nn.Conv2d(3, 4, (3,), stride=(2,), padding=(1,), dilation=[2], rng=0)
+    assert (conv.kernel_size, conv.stride, conv.dilation) == ((3, 3), (2, 2), (2, 2))
+    assert conv.output_shape(x.shape) == fc.nn.Conv2d(3, 4, 3, 2, 1, 2).output_shape(x.shape)
+    for layer in (fc.nn.MaxPool2d((2,), stride=()), fc.nn.AvgPool2d([2], stride=[])):
+        assert (layer.kernel_size, layer.stride) == ((2, 2), (2, 2))
+        assert layer.output_shape(x.shape) == layer(x).shape == (2, 3, 4, 4)
+
+
+@pytest.mark.parametrize("divisor", [-1, -3, 5])
+def test_divisor_override_may_be_negative(divisor):
+    """torch.nn.functional.avg_pool2d refuses only 0; a negative divisor divides by it."""
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    sums = fc.avg_pool2d(x, 2, divisor_override=1)
+    np.testing.assert_allclose(fc.avg_pool2d(x, 2, divisor_override=divisor), sums / divisor)
+    g = fc.avg_pool2d_backward(np.ones((1, 1, 2, 2)), x.shape, 2, divisor_override=divisor)
+    np.testing.assert_allclose(g, np.full(x.shape, 1.0 / divisor))
+    layer = fc.nn.AvgPool2d(2, divisor_override=divisor)
+    np.testing.assert_allclose(layer(x), sums / divisor)
+    torch = pytest.importorskip("torch")
+    expected = torch.nn.functional.avg_pool2d(torch.tensor(x), 2, divisor_override=divisor)
+    np.testing.assert_allclose(fc.avg_pool2d(x, 2, divisor_override=divisor), expected.numpy())
+
+
+_TORCH_REFUSES = [
+    ("conv2d", (_X, _W), dict(stride=())), ("conv2d", (_X, _W), dict(padding=())),
+    ("conv2d", (_X, _W), dict(dilation=())), ("max_pool2d", (_X, ()), {}),
+    ("avg_pool2d", (_X, 2), dict(padding=())), ("max_pool2d", (_X, 2), dict(dilation=())),
+    ("max_pool2d", (_X, 2), dict(stride=(1, 1, 1))),
+    ("avg_pool2d", (_X, 2), dict(divisor_override=0)),
+]
+
+
+@pytest.mark.parametrize("function, arrays, form", _TORCH_REFUSES,
+                         ids=[f"{f} {a[1] if len(a) > 1 and not isinstance(a[1], np.ndarray) else ''}{form}"
+                              for f, a, form in _TORCH_REFUSES])
+def test_what_torch_refuses_is_refused(function, arrays, form):
+    with pytest.raises(ValueError):
+        getattr(fc, function)(*arrays, **form)
+    torch = pytest.importorskip("torch")
+    args = [torch.tensor(a) if isinstance(a, np.ndarray) else a for a in arrays]
+    with pytest.raises(RuntimeError):
+        getattr(torch.nn.functional, function)(*args, **form)

@@ -107,6 +107,7 @@ def test_inner_loops_are_multiply_adds(report, label, dtype, least_fma_share):
     if row["loop_instructions"] is None:
         pytest.skip("cuobjdump or nvdisasm not installed")
     assert row["loop_fmas"] > 0, row                 # a multiply-add loop was found
+    assert row["loop_local_accesses"] == 0, row      # no spills inside it
     assert row["loop_fmas"] / row["loop_instructions"] >= least_fma_share, row
 
 
@@ -120,3 +121,46 @@ def test_command_line_prints_a_table():
     bad = subprocess.run([sys.executable, "-m", "fastconv.cuda.resources", "--cc", "1.0"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "known targets" in bad.stderr
+
+
+_AS_LOADED = """
+import json, sys
+from numba.cuda.cudadrv import devices
+from numba.cuda.dispatcher import _Kernel, CUDACacheImpl
+from numba.cuda.serialize import dumps
+from fastconv.cuda import resources
+
+class _Device:
+    compute_capability = (9, 0)
+
+class _Context:      # numba asks the current context for the target: answer sm_90
+    device = _Device()
+
+devices.get_context = lambda devnum=0: _Context()
+spec = next(s for s in resources.specs("float32") if s.label == sys.argv[1])
+with resources._target((9, 0)):
+    kernel = _Kernel(spec.kernel.py_func, spec.argtypes, **spec.kernel.targetoptions)
+    loop = resources.loaded_hot_loop(kernel, (9, 0))
+blob = dumps(CUDACacheImpl.__new__(CUDACacheImpl).reduce(kernel))
+print(json.dumps({"loop": list(loop) if loop else None, "cache_bytes": len(blob)}))
+"""
+
+
+def test_a_kernel_as_numba_loads_it():
+    """What the GPU run's compile stage and the GPU GEMM test do to a loaded kernel,
+    without a GPU: numba's own kernel object (the one a launch builds, cubin and all)
+    for a faked sm_90 context; its FMA loop read from that cubin; and the state
+    cache=True pickles into numba's cache."""
+    from fastconv.cuda import resources
+    if resources.toolchain_missing():
+        pytest.skip("NVVM/ptxas not installed: pip install -e '.[test]'")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    done = subprocess.run([sys.executable, "-c", _AS_LOADED, "gemm MEDIUM plain"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["cache_bytes"] > 0
+    if result["loop"] is None:
+        pytest.skip("cuobjdump or nvdisasm not installed")
+    instructions, fmas, local_accesses = result["loop"]
+    assert fmas >= 32 and local_accesses == 0, result

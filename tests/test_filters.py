@@ -106,3 +106,17 @@ def test_cli_unusable_out_folder(tmp_path):
     blocker.write_text("")
     with pytest.raises(SystemExit, match="cannot create --out"):
         filters.main(["--out", str(blocker / "x"), "--lm-size", "11"])
+
+
+@pytest.mark.parametrize("sigma", [1e-200, 1e-151, 1e151, 1e300, np.float32(1e-30) * np.float32(1e-20)])
+def test_gaussian_sigma_outside_float64s_reach_is_a_value_error(sigma):
+    """gaussian(5, 1e-200) once gave an all-NaN kernel, gaussian(5, 1e300) an OverflowError."""
+    with pytest.raises(ValueError, match="sigma"):
+        filters.gaussian(5, sigma)
+
+
+@pytest.mark.parametrize("sigma", [filters.SIGMA_MIN, 1e-100, 0.3, 1, 1e100, filters.SIGMA_MAX])
+def test_gaussian_at_the_sigma_bounds_is_finite_and_normalised(sigma):
+    k = filters.gaussian(5, sigma)
+    assert np.isfinite(k).all() and abs(k.sum() - 1) < 1e-12
+    assert k[2, 2] == k.max()

@@ -566,3 +566,142 @@ def test_layers_take_the_cuda_path_under_the_simulator():
     result = subprocess.run([sys.executable, "-c", _SIMULATOR_SCRIPT], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- reliability (issue-found)
+
+@pytest.mark.parametrize("named", [True, False])
+def test_sgd_checks_every_parameter_before_moving_any(named):
+    """A read-only parameter once raised NumPy's "output array is read-only" after the
+    parameters before it had moved and their momentum buffers were stored."""
+    a = nn.Parameter(np.ones(3), "a" if named else "")
+    b = nn.Parameter(np.ones(3), "b" if named else "")
+    b.data.flags.writeable = False
+    a.grad, b.grad = np.ones(3), np.ones(3)
+    opt = nn.SGD([a, b], lr=0.5, momentum=0.9)
+    with pytest.raises(ValueError, match=r"'b'.*read-only" if named else r"params\[1\].*read-only"):
+        opt.step()
+    np.testing.assert_array_equal(a.data, np.ones(3))
+    assert opt._buffers == {}
+    b.data = b.data.copy()
+    opt.step()
+    np.testing.assert_array_equal(a.data, np.full(3, 0.5))
+
+
+@pytest.mark.parametrize("data, grad, exc, match", [
+    (np.ones(3, np.int64), np.ones(3, np.int64), TypeError, "float32 or float64"),
+    ([1.0, 1.0, 1.0], np.ones(3), TypeError, "list"),
+    (np.ones(3), np.ones(4), ValueError, r"shape \(3,\)"),
+    (np.ones(3), np.ones(3, np.float32), TypeError, "dtype float64"),
+    (np.ones(3), object(), TypeError, "object"),
+])
+def test_sgd_names_the_bad_parameter_and_moves_none(data, grad, exc, match):
+    good = nn.Parameter(np.ones(3), "0.weight")
+    bad = nn.Parameter(data, "1.weight")
+    good.grad, bad.grad = np.ones(3), grad
+    opt = nn.SGD([good, bad], lr=0.5, momentum=0.9)
+    with pytest.raises(exc, match=match) as info:
+        opt.step()
+    assert "'1.weight'" in str(info.value)
+    np.testing.assert_array_equal(good.data, np.ones(3))
+    assert opt._buffers == {}
+
+
+def test_sgd_refuses_a_momentum_buffer_of_a_replaced_parameter():
+    a, b = nn.Parameter(np.ones(3), "a"), nn.Parameter(np.ones(2), "b")
+    opt = nn.SGD([a, b], lr=0.5, momentum=0.9)
+    a.grad, b.grad = np.ones(3), np.ones(2)
+    opt.step()
+    b.data, b.grad = np.ones(5), np.ones(5)
+    before = a.data.copy()
+    with pytest.raises(ValueError, match="'b'.*momentum buffer"):
+        opt.step()
+    np.testing.assert_array_equal(a.data, before)
+
+
+def test_a_cpu_torch_tensor_is_not_called_a_gpu_array():
+    torch = pytest.importorskip("torch")
+    p = nn.Parameter(np.ones(3, np.float32), "w")
+    p.grad = torch.ones(3)
+    for call in (nn.SGD([p], lr=0.1).step, lambda: p.check_grad(p.grad),
+                 lambda: p.accumulate(torch.ones(3))):
+        with pytest.raises(TypeError) as info:
+            call()
+        message = str(info.value)
+        assert "torch.Tensor" in message and "NumPy" in message, message
+        assert "cuda" not in message.lower().replace("cupy (or other cuda)", ""), message
+    np.testing.assert_array_equal(p.data, np.ones(3))
+    assert "torch.Tensor" in repr(nn.Parameter(torch.ones(2), "t"))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int8, bool, np.float16])
+@pytest.mark.parametrize("training", [True, False])
+def test_dropout_refuses_non_float_input(dtype, training):
+    """The 1/(1-p) scale was truncated to 1 on integers: 0/1 values came out."""
+    d = nn.Dropout(0.3, rng=0).train(training)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        d(np.ones(8, dtype))
+
+
+@pytest.mark.parametrize("shape", [(), []])
+def test_summary_of_an_empty_shape_is_a_value_error(shape, rng):
+    model = _small_net(rng)
+    with pytest.raises(ValueError):
+        model.output_shape(shape)
+    with pytest.raises(ValueError, match="layer 0"):
+        model.summary(shape)
+
+
+def _kept_input_layers(rng):
+    """(layer, x, grad_out shape) for every layer that keeps its forward input."""
+    return [
+        (nn.Conv2d(3, 4, 3, padding=1, rng=0, dtype=np.float64), rng.standard_normal((2, 3, 6, 6)),
+         (2, 4, 6, 6)),
+        (nn.MaxPool2d(2), rng.standard_normal((2, 3, 6, 6)), (2, 3, 3, 3)),
+        (nn.ReLU(), rng.standard_normal((2, 3, 6, 6)), (2, 3, 6, 6)),
+        (nn.Linear(5, 4, rng=0, dtype=np.float64), rng.standard_normal((6, 5)), (6, 4)),
+    ]
+
+
+@pytest.mark.parametrize("change", ["refill", "first_rows", "nan_in_place", "view"])
+@pytest.mark.parametrize("index", range(4), ids=["Conv2d", "MaxPool2d", "ReLU", "Linear"])
+def test_a_kept_input_modified_before_backward_is_refused(index, change, rng):
+    """Conv2d's weight gradient once came silently from data a loader had refilled the
+    input buffer with (torch: "modified by an inplace operation")."""
+    layer, x, go_shape = _kept_input_layers(rng)[index]
+    if change == "view":        # a non-contiguous input, modified through its base
+        base = np.ascontiguousarray(np.swapaxes(x, -1, -2))
+        x = np.swapaxes(base, -1, -2)
+    layer.forward(x)
+    if change == "refill":
+        x[...] = rng.standard_normal(x.shape)
+    elif change == "first_rows":
+        x[: 1 + x.shape[0] // 4] += 1.0
+    elif change == "nan_in_place":
+        x.reshape(-1)[:: max(1, x.size // 10)] = np.nan
+    else:
+        base += 1.0
+    with pytest.raises(RuntimeError, match="modified in place"):
+        layer.backward(np.ones(go_shape))
+
+
+@pytest.mark.parametrize("index", range(4), ids=["Conv2d", "MaxPool2d", "ReLU", "Linear"])
+def test_an_unchanged_kept_input_passes_even_with_nan(index, rng):
+    layer, x, go_shape = _kept_input_layers(rng)[index]
+    x.reshape(-1)[::3] = np.nan          # NaN != NaN must not read as a change
+    layer.forward(x)
+    layer.backward(np.ones(go_shape))
+    layer.forward(x)                     # a new forward keeps the new input
+    x += 1.0
+    layer.forward(x)
+    layer.backward(np.ones(go_shape))
+
+
+def test_a_kept_torch_input_modified_in_place_is_refused():
+    torch = pytest.importorskip("torch")
+    layer = nn.Conv2d(3, 4, 3, rng=0)
+    x = torch.ones((1, 3, 6, 6))
+    layer.forward(x)
+    x.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        layer.backward(np.ones((1, 4, 4, 4), np.float32))

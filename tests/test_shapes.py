@@ -5,10 +5,45 @@ from fastconv import shapes
 
 
 @pytest.mark.parametrize("value, expected", [
-    (3, (3, 3)), ((2, 5), (2, 5)), ([1, 4], (1, 4)),
+    (3, (3, 3)), ((2, 5), (2, 5)), ([1, 4], (1, 4)), ((2,), (2, 2)), ([3], (3, 3)),
 ])
 def test_pair(value, expected):
     assert shapes.pair(value, "stride") == expected
+
+
+@pytest.mark.parametrize("value, error", [
+    ((), ValueError), ([], ValueError), ((1, 2, 3), ValueError), ((2.0,), TypeError),
+    (((2,),), TypeError), ((0,), ValueError),
+])
+def test_pair_refuses_what_torch_refuses(value, error):
+    with pytest.raises(error, match="stride"):
+        shapes.pair(value, "stride")
+
+
+def test_a_one_element_pair_can_be_refused():
+    with pytest.raises(ValueError, match="output_size"):
+        shapes.pair((2,), "output_size", one_for_both=False)
+
+
+@pytest.mark.parametrize("stride, expected", [
+    (None, (3, 2)), ((), (3, 2)), ([], (3, 2)), ((1,), (1, 1)), (2, (2, 2)), ((1, 2), (1, 2)),
+])
+def test_pool_stride(stride, expected):
+    assert shapes.pool_stride(stride, (3, 2)) == expected
+
+
+@pytest.mark.parametrize("value, expected", [(None, 0), (1, 1), (-3, -3), (2**31 - 1, 2**31 - 1),
+                                             (-(2**31 - 1), -(2**31 - 1))])
+def test_divisor(value, expected):
+    assert shapes.divisor(value) == expected
+
+
+@pytest.mark.parametrize("value, error", [(0, ValueError), (2**31, ValueError),
+                                          (-(2**31), ValueError), (1.5, TypeError),
+                                          (True, TypeError)])
+def test_divisor_refuses_zero_and_non_ints(value, error):
+    with pytest.raises(error, match="divisor_override"):
+        shapes.divisor(value)
 
 
 @pytest.mark.parametrize("padding, kernel, dilation, expected", [

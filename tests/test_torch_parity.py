@@ -2,8 +2,7 @@
 
 `tests/test_properties.py` holds every algorithm to `fastconv.reference`; this file holds
 the public functions to PyTorch itself (CPU, float64 autograd), on random small valid
-configurations: the differential fuzz of 2026-11-30 (docs/reliability.md, "Differential
-fuzzing") made permanent. It guards
+configurations (docs/reliability.md, "Differential fuzzing"). It guards
 
 - `conv2d` with every algorithm that can run ("auto", "direct", "im2col", and "winograd"
   on 3x3 stride-1 dilation-1 kernels), `conv2d_grad_input`, `conv2d_grad_weight` and

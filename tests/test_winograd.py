@@ -5,7 +5,7 @@ import pytest
 
 import fastconv as fc
 from fastconv import reference
-from fastconv.cpu import winograd
+from fastconv.cpu import winograd, winograd_cache
 from fastconv.shapes import conv_geometry
 
 from .conftest import assert_close
@@ -196,8 +196,8 @@ def test_every_input_transform_matches_reference(x_shape, k, padding, groups, r,
 def test_kept_filters_serve_only_the_same_weights(rng, monkeypatch):
     winograd.release_workspace()
     transforms = []
-    original = winograd.transform_filter
-    monkeypatch.setattr(winograd, "transform_filter",
+    original = winograd_cache.transform_filter
+    monkeypatch.setattr(winograd_cache, "transform_filter",
                         lambda w, tile=4, out=None: transforms.append(w.shape) or
                         original(w, tile, out))
     x, w, b, p, out_hw, go = _case(rng, (2, 6, 9, 11), 5, 1, 1, np.float64)
@@ -221,26 +221,26 @@ def test_kept_filters_serve_only_the_same_weights(rng, monkeypatch):
     check()
     assert len(transforms) == 5
     winograd.conv2d_grad_input(go, w, x.shape, (1, 1), p, (1, 1), 1)
-    assert len(winograd._filters) == 2             # grad_input's rotated kernel is not kept
+    assert len(winograd_cache._filters) == 2             # grad_input's rotated kernel is not kept
     winograd.release_workspace()
-    assert not winograd._filters
+    assert not winograd_cache._filters
 
 
 def test_kept_filters_stay_within_their_bound(rng, monkeypatch):
     winograd.release_workspace()
     x, w, b, p, out_hw, _ = _case(rng, (1, 8, 6, 6), 8, 1, 1, np.float32)
     entry_bytes = w.nbytes + 36 * w.shape[0] * w.shape[1] * 4
-    monkeypatch.setattr(winograd, "FILTER_CACHE_BYTES", 2 * entry_bytes)
+    monkeypatch.setattr(winograd_cache, "FILTER_CACHE_BYTES", 2 * entry_bytes)
     weights = [w + np.float32(i) for i in range(4)]
     for wi in weights:
         assert_close(winograd.conv2d(x, wi, b, (1, 1), p, (1, 1), 1, out_hw),
                      reference.conv2d(x, wi, b, (1, 1), p), np.float32)
-    assert sum(a.nbytes + u.nbytes for a, u in winograd._filters.values()) <= 2 * entry_bytes
-    assert len(winograd._filters) == 2
-    monkeypatch.setattr(winograd, "FILTER_CACHE_BYTES", entry_bytes - 1)   # too big to keep
+    assert sum(a.nbytes + u.nbytes for a, u in winograd_cache._filters.values()) <= 2 * entry_bytes
+    assert len(winograd_cache._filters) == 2
+    monkeypatch.setattr(winograd_cache, "FILTER_CACHE_BYTES", entry_bytes - 1)   # too big to keep
     winograd.release_workspace()
     winograd.conv2d(x, weights[0], b, (1, 1), p, (1, 1), 1, out_hw)
-    assert not winograd._filters
+    assert not winograd_cache._filters
 
 
 @pytest.mark.parametrize("kernel", INPUT_TRANSFORMS)
@@ -258,7 +258,7 @@ def test_other_tile_sizes_take_the_generic_passes(tile, kernel, rng, monkeypatch
 
 def test_auto_runs_winograd_on_5x5_layers_and_matches_reference(rng, monkeypatch):
     """`auto` takes F(4x4,5x5) on a large enough 5x5 stride-1 layer (forward and
-    grad_input); algorithm="winograd" itself stays 3x3 (DESIGN.md)."""
+    grad_input); algorithm="winograd" itself stays 3x3 (docs/api.md)."""
     x = rng.standard_normal((2, 16, 24, 24)).astype(np.float32)
     w = rng.standard_normal((16, 16, 5, 5)).astype(np.float32)
     b = rng.standard_normal(16).astype(np.float32)
@@ -375,7 +375,7 @@ def test_grad_weight_stays_within_the_workspace_bound(rng, monkeypatch):
     tiles_w = winograd._tile_grid(out_hw, 4)[1]
     row_bytes = tiles_w * (36 * (8 + 8) + 8 * 16) * 4
     chunk_bytes = []
-    original_scratch = winograd._scratch
+    original_scratch = winograd_cache.scratch
 
     def spy(slot, shape, dtype):
         if slot == "V":
@@ -383,7 +383,7 @@ def test_grad_weight_stays_within_the_workspace_bound(rng, monkeypatch):
         chunk_bytes[-1] += int(np.prod(shape)) * np.dtype(dtype).itemsize
         return original_scratch(slot, shape, dtype)
 
-    monkeypatch.setattr(winograd, "_scratch", spy)
+    monkeypatch.setattr(winograd_cache, "scratch", spy)
     monkeypatch.setattr(fc.config, "workspace_bytes", reserved + 2 * row_bytes)
     got = winograd.conv2d_grad_weight(go, x, w.shape, (1, 1), p, (1, 1), 1)
     assert len(chunk_bytes) == -(-3 * 6 // 2)          # 18 tile rows, 2 per chunk

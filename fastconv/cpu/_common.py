@@ -29,9 +29,12 @@ def readonly(array):
 
 
 def bias_or_zeros(bias, channels, dtype):
+    """The bias the direct kernels start each sum from. `+ 0` makes a -0.0 bias +0.0:
+    every other algorithm sums from +0.0 and adds the bias last, which never gives
+    -0.0, so neither may direct (-0.0 + -0.0 products would stay -0.0)."""
     if bias is None:
-        bias = np.zeros(channels, dtype=dtype)
-    return readonly(np.ascontiguousarray(bias, dtype=dtype))
+        return readonly(np.zeros(channels, dtype=dtype))
+    return readonly(np.ascontiguousarray(bias, dtype=dtype) + np.dtype(dtype).type(0))
 
 
 @numba.njit(**HELPER)

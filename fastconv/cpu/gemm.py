@@ -3,9 +3,9 @@
 Winograd turns a convolution into alpha^2 independent GEMMs (K x C) @ (C x T), one
 per tile element. On small images they are thin: ResNet-50's 8x512x7x7 layer with
 F(4x4,3x3) makes 36 GEMMs of 512x512 by 512x32. OpenBLAS packs both operands of
-every call into its own layout and runs such shapes at ~100 GFLOP/s on the 2-core
-Zen4, against 150-190 on large ones. This module multiplies them in place instead,
-with a register-blocked micro-kernel:
+every call into its own layout, which such thin shapes do too little work to pay
+for. This module multiplies them in place instead, with a register-blocked
+micro-kernel:
 
     for each (e, group, panel of ROWS rows of U) in parallel:
         for each block of VECTORS * lanes columns of V (T):
@@ -19,8 +19,8 @@ with a register-blocked micro-kernel:
 With AVX-512, 8 rows x 2 vectors of 16 float32 keep 16 accumulators, 2 loaded
 vectors and a broadcast in the 32 vector registers, and each step of the reduction
 issues 16 FMAs for 10 loads. Numba cannot keep a small array in registers
-(its arrays live in memory and LLVM did not vectorise 128 scalar accumulators:
-12 GFLOP/s, see docs/performance.md), so the micro-kernel is written in LLVM IR
+(its arrays live in memory, and LLVM does not vectorise loop-carried scalar
+accumulators), so the micro-kernel is written in LLVM IR
 through `numba.extending.intrinsic`: accumulators are vector values, the multiply-add
 is `llvm.fma`, and the right and bottom edges use masked loads and stores (lanes
 past T are neither read nor written; rows past K read row 0 and are not stored).
@@ -30,10 +30,7 @@ CPU numba compiles for (`host_tiles`, `target_features`), `tile_for` picks one b
 the GEMM's shape (or None, for `np.matmul`), and `batched_matmul` takes any `Tile`,
 so the tests run the AVX2 shapes on an AVX-512 machine too. Where that CPU has
 neither AVX-512 nor AVX2 + FMA, `HOST` is None and callers use `np.matmul`.
-
-Measured on the 2-core Zen4 (float32, GFLOP/s, 36 GEMMs K x C by C x T, narrow tile /
-wide tile / np.matmul): 512x512 by 32: 146 / 110 / 91; 256x256 by 128: 137 / 127 / 120;
-128x128 by 392: 121 / 126 / 116; 64x64 by 1568: 83 / 103 / 74; whole calls: `tile_for`.
+The tile shapes and the rule of `tile_for` were measured: docs/tuning.md.
 """
 from __future__ import annotations
 
@@ -91,16 +88,12 @@ def host_tiles(features=None):
 
 
 HOST = host_tiles()
-V_BLOCK_BYTES = 256 * 2**10     # measured: 64 KiB and 16 MiB slower on 64- and 128-channel layers
-# The rule of `tile_for`. Whole Winograd F(4x4) calls, ms, micro-kernel with the narrow
-# tile / the wide one / np.matmul, interleaved (2-core Zen4, float32; T = tiles per chunk):
-#   8x512x7x7 (T 32)        8.18 / 9.29 / 10.92     8x512x14x14 (128)  22.4 / 25.7 / 25.6
-#   8x256x14x14 (128)       7.83 / 8.29 / 8.46      1x64x56x56 (196)   1.52 / 1.48 / 1.60
-#   8x128x28x28 (392)       7.46 / 7.44 / 8.85      8x64x56x56 (1568)  10.8 / 9.97 / 11.0
-#   1x64x224x224 (3136)     17.5 / 15.6 / 16.4      8x128x112x112      96.8 / 94.0 / 103.0
-#   8x256x56x56             74.3 / 72.8 / 74.3      8x512x28x28 (~450) 63.0 / 63.4 / 60.3
-#   F(4x4,5x5) 8x32x32x32 (512): 4.58 / 4.43 / 6.81
-# OpenBLAS's depth blocking wins only on long reductions over many columns.
+# A block of V this big stays in cache while every panel of U passes over it
+# (measured: docs/tuning.md).
+V_BLOCK_BYTES = 256 * 2**10
+# `tile_for`: the narrow tile for few columns of V, the wide one for more, and
+# OpenBLAS (whose depth blocking wins there) for long reductions over many columns
+# (measured: docs/tuning.md).
 WIDE_FROM_COLUMNS = 256
 MAX_DEPTH_WIDE = 256
 

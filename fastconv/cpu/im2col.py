@@ -165,19 +165,11 @@ def _is_pointwise(kernel_hw, stride, padding):
 
 
 # Tiles are kept to about this size when the bound allows more: the packed columns
-# are then still in cache when the GEMM reads them. Measured interleaved on the 2-core
-# Zen4 machine (float32, OpenBLAS's idle threads not spinning): 8 MiB against 32 MiB,
-# 8x64x56x56 3x3 12.0 vs 15.5 ms, 1x64x224x224 24.3 vs 30.8, 5x5 6.3 vs 7.9, strided
-# 7.3 vs 7.9, backward 26.6 vs 29.2; 4 MiB is no better. (32 MiB had won only while
-# OpenBLAS's spinning threads made every switch between numba and BLAS expensive.)
+# are then still in cache when the GEMM reads them (measured: docs/tuning.md).
 TILE_TARGET_BYTES = 8 * 2**20
 # An image whose packed columns take at least 1/WHOLE_IMAGE_SHARE of the target is a tile
 # of its own: its GEMM then writes straight into the output, where a tile of several
-# images is multiplied into a buffer and copied out. Measured interleaved in random order
-# (2-core Zen4, float32, ms, whole images at 1/8 / 1/2 as before): strided 3x3
-# 8x64x56x56 -> 128 (2.2 MB an image) 8.22 / 8.85, 5x5 8x32x32x32 (3.5 MB) 6.87 / 7.50,
-# 8x256x14x14 (2.0 MB) 13.15 / 13.96, 8x512x14x14 (9.4 MB) 46.98 / 46.37 (noise: whole
-# images there already at 1/2); below 1 MB (8x512x7x7, MNIST) the tiles are unchanged.
+# images is multiplied into a buffer and copied out (measured: docs/tuning.md).
 WHOLE_IMAGE_SHARE = 8
 
 
@@ -277,11 +269,9 @@ def _grad_out_operand(go3, gor, buf, n0, i0, j0, th, tw):
 
 def _batched_gemm_wins(rows, pixels):
     """Whether a tile of several whole images is faster as one GEMM per image, written
-    into the output, than as one wide GEMM into `buf` then unpacked. Measured (2-core
-    Zen4, float32): per-image GEMMs win when the patch rows are few (the GEMM is
-    memory-bound and the unpack copy doubles its traffic: 32x9 @ 9x676 per image,
-    0.32 vs 0.46 ms at batch 64) or the images large (64x144 @ 144x3136: 3.9 vs
-    4.6 ms); the wide GEMM wins in between (512x4608 @ 4608x49: 10.3 vs 12.9 ms)."""
+    into the output, than as one wide GEMM into `buf` then unpacked: when the patch
+    rows are few (the GEMM is memory-bound and the unpack copy doubles its traffic)
+    or the images large; the wide GEMM wins in between (measured: docs/tuning.md)."""
     return rows <= 32 or pixels >= 2048
 
 

@@ -170,8 +170,6 @@ def _avg_forward(x, out, kh, kw, sh, sw, pt, pb, pl, pr, count_include_pad, divi
             h0, h1, pool_h = _avg_rows(i, height, kh, sh, pt, pb)
             # the window's rows summed first (contiguous vector passes), then kw
             # strided passes over that sum instead of kh * kw over the input rows
-            # (8x64x112x112, interleaved: 3x3/2 6.6 -> 2.8 ms, 2x2 3.3 -> 2.0; PyTorch
-            # 6.9 and 6.0)
             for col in range(width):
                 column_sums[col] = 0
             for r in range(h0, h1):
@@ -220,8 +218,7 @@ def _avg_backward(go, gi, kh, kw, sh, sw, pt, pb, pl, pr, count_include_pad, div
 def max_pool2d(x, kernel_size, stride, padding, dilation, out_hw, return_indices=True):
     """(values, int64 indices h*W + w per plane, or None unless `return_indices`); see
     the module docstring. Without indices the kernel sweeps only the values and
-    writes a third of the memory (8x64x112x112 max 2x2, interleaved: 11.6 -> 4.0 ms;
-    PyTorch 17.6)."""
+    writes a third of the memory."""
     shape = tuple(x.shape[:2]) + tuple(out_hw)
     values = np.empty(shape, dtype=x.dtype)
     indices = np.empty(shape, dtype=np.int64) if return_indices else None

@@ -25,6 +25,10 @@ For the other CUDA modules
 - ``split_index`` (device function): flat grid-stride index -> (plane, row, col).
 - ``output_of_tap`` (device function): the output a window tap maps an input index to,
   for gather-style backward kernels.
+- ``simulated()``: whether Numba's CUDA simulator is active.
+- ``jit_options(...)``: ``cuda.jit`` options (``cache=True``; ``launch_bounds`` where
+  the installed numba-cuda has them, else a warning) and ``SHARED_ALIGNMENT``
+  (whether ``cuda.shared.array`` takes ``alignment=``).
 - ``SHARED_BYTES``: the static/dynamic shared-memory budget a kernel may plan for
   (48 KiB: the default per-block limit without opt-in).
 - ``u64``: cast an index known to be non-negative to unsigned. Numba wraps every
@@ -36,18 +40,80 @@ Nothing here converts arrays between libraries: that is ``interop``'s job.
 from __future__ import annotations
 
 import functools
+import inspect
+import warnings
 
 import numba
 import numpy as np
 from numba import cuda
 
 from .. import shapes
-from .interop import simulated
 
 SHARED_BYTES = 48 * 1024
 u64 = numba.uint64          # see the module docstring
 MAX_BLOCKS_1D = 65535 * 8   # grid-stride loops cover the rest
 MAX_GRID_YZ = 65535
+
+
+def simulated() -> bool:
+    """True when Numba's CUDA simulator is active (NUMBA_ENABLE_CUDASIM=1)."""
+    try:
+        from numba.cuda.core import config      # numba-cuda >= 0.2x
+    except ImportError:                          # older numba-cuda / numba
+        from numba.core import config
+    return bool(getattr(config, "ENABLE_CUDASIM", False))
+
+
+def _numba_cuda_version() -> str:
+    try:
+        import numba_cuda
+        return numba_cuda.__version__
+    except Exception:  # numba's bundled numba.cuda (no separate package)
+        return f"numba {numba.__version__}"
+
+
+def _takes(function, name: str) -> bool:
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# Older numba-cuda has neither `launch_bounds` (cuda.jit) nor `alignment`
+# (cuda.shared.array); the kernels then compile without them (slower, same results).
+LAUNCH_BOUNDS = _takes(cuda.jit, "launch_bounds") and not simulated()
+SHARED_ALIGNMENT = simulated() or _takes(cuda.shared.array, "alignment")
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_missing(feature: str):
+    warnings.warn(f"fastconv: numba-cuda {_numba_cuda_version()} lacks {feature}; the CUDA "
+                  "kernels compile without it (correct, possibly slower): upgrade numba-cuda",
+                  RuntimeWarning, stacklevel=3)
+
+
+def jit_options(threads=None, blocks_per_sm=1) -> dict:
+    """Keyword arguments of ``cuda.jit`` for a kernel: ``cache=True`` (compiled code
+    is reused by later processes: NUMBA_CACHE_DIR or __pycache__), and launch bounds
+    of (threads, blocks_per_sm) when blocks_per_sm > 1 and numba-cuda supports them."""
+    options = {"cache": True}
+    if blocks_per_sm > 1 and not simulated():   # the simulator has no launch bounds
+        if LAUNCH_BOUNDS:
+            options["launch_bounds"] = (int(threads), int(blocks_per_sm))
+        else:
+            _warn_missing("cuda.jit(launch_bounds=...)")
+    return options
+
+
+def shared_alignment(nbytes: int):
+    """The ``alignment=`` for ``cuda.shared.array``: None in the simulator (it refuses
+    one) and where numba-cuda lacks the option (kernels then take the branch without it)."""
+    if simulated():
+        return None
+    if not SHARED_ALIGNMENT:
+        _warn_missing("cuda.shared.array(alignment=...)")
+        return None
+    return int(nbytes)
 
 
 def kernel_factory(fn):
@@ -86,7 +152,7 @@ def launch_1d(n: int, threads: int = 256, small_in_simulator: bool = False):
 
 @kernel_factory
 def _make_fill(dtype_name: str):
-    @cuda.jit
+    @cuda.jit(cache=True)
     def fill(out, value):
         i = cuda.grid(1)
         step = cuda.gridsize(1)
@@ -131,6 +197,6 @@ def grid_yz(n: int) -> int:
     return max(1, min(int(n), MAX_GRID_YZ))
 
 
-__all__ = ["kernel_factory", "cdiv", "pow2_at_least", "pow2_at_most", "stream_or_default",
-           "launch_1d", "empty", "zeros", "fill", "grid_yz", "split_index", "output_of_tap",
+__all__ = ["simulated", "jit_options", "shared_alignment", "kernel_factory", "cdiv",
+           "pow2_at_least", "pow2_at_most", "stream_or_default", "launch_1d", "empty", "zeros", "fill", "grid_yz", "split_index", "output_of_tap",
            "SHARED_BYTES", "u64"]

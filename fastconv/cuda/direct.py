@@ -74,7 +74,7 @@ def _make_forward(dtype_name: str, KB: int, PX: int):
     zero = np.dtype(dtype_name).type(0)
     NACC = KB * PX    # accumulators per thread (a compile-time constant)
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def forward(x, w, bias, has_bias, out, sh, sw, pt, pl, dh, dw, groups, kblocks,
                 cc_chunk, pr, pc, use_smem):
         height, width = x.shape[2], x.shape[3]
@@ -237,7 +237,7 @@ def _make_grad_input(dtype_name: str, CB: int, PX: int):
     zero = np.dtype(dtype_name).type(0)
     NACC = CB * PX
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def grad_input(grad_out, w, gx, sh, sw, pt, pl, dh, dw, groups, cblocks, kc_chunk):
         n_img, c_in, height, width = gx.shape
         k_out, cg, kh, kw = w.shape
@@ -339,7 +339,7 @@ def _make_grad_weight(dtype_name: str, KB: int, KH: int, KW: int):
     KHW = KH * KW     # compile-time kernel size: the offset loops unroll
     NACC = KB * KHW
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def grad_weight(grad_out, x, partial, sh, sw, pt, pl, dh, dw, groups, kblocks,
                     per_split):
         # partial: (splits, K, cg, KH*KW); block (b, s) owns KB output channels x one
@@ -414,7 +414,7 @@ def _make_grad_weight(dtype_name: str, KB: int, KH: int, KW: int):
 
 @kernel_factory
 def _make_sum_splits(dtype_name: str):
-    @cuda.jit
+    @cuda.jit(cache=True)
     def sum_splits(partial, out):
         # out[i] = sum over s of partial[s, i], in order s = 0, 1, ...
         i = cuda.grid(1)

@@ -20,8 +20,11 @@ def _relu_kernel(x, out):
     step = cuda.gridsize(1)
     while i < x.size:
         v = x[i]
-        # v > 0 is False for NaN: keep NaN as it is (torch.relu propagates it).
-        out[i] = v if (v > 0 or v != v) else 0
+        # torch.relu: v < 0 is False for NaN and -0.0, which stay as they are
+        if v < 0:
+            out[i] = 0
+        else:
+            out[i] = v
         i += step
 
 
@@ -43,7 +46,7 @@ def _relu_backward_kernel(grad_out, x, grad_x):
 def _make_channel_sum(dtype_name):
     accumulator = getattr(numba, dtype_name)   # float32 sums stay float32 on the GPU
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def channel_sum(grad_out, out):
         # One block per channel; threads stride over (n, pixel) and reduce in
         # shared memory in a fixed order, so the result is deterministic.

@@ -82,9 +82,8 @@ import numba
 import numpy as np
 from numba import cuda
 
-from ._kernels import kernel_factory, stream_or_default, u64
-
-MAX_GRID_YZ = 65535
+from ._kernels import (grid_yz, jit_options, kernel_factory, shared_alignment, simulated,
+                       stream_or_default, u64)
 
 
 class GemmConfig(NamedTuple):
@@ -152,7 +151,6 @@ def choose_config(m: int, n: int, batch: int = 1, itemsize: int = 4) -> GemmConf
 
 
 def _simulator() -> bool:
-    from .interop import simulated
     return simulated()
 
 
@@ -165,8 +163,7 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
                split_a: bool, split_b: bool, split_c: bool):
     BM, BN, BK, TM, TN = cfg.bm, cfg.bn, cfg.bk, cfg.tm, cfg.tn
     THREADS = cfg.threads
-    bounds = ({} if cfg.blocks_per_sm == 1 or _simulator()     # the simulator has none
-              else {"launch_bounds": (THREADS, cfg.blocks_per_sm)})
+    options = jit_options(THREADS, cfg.blocks_per_sm)    # cache, launch bounds
     TX = BN // TN          # threads along n (BM // TM along m)
     # A thread's TM rows come in runs of VM = 4 adjacent rows, the runs RUN_M =
     # BM/(TM/VM) apart (columns likewise): NVVM then reads each run from shared
@@ -178,7 +175,8 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
         raise ValueError(f"GemmConfig {tuple(cfg)}: tm and tn must be at most 4 or multiples "
                          f"of 4, bk even, bm a multiple of tm and bn of tn")
     RUN_M, RUN_N = BM // (TM // VM), BN // (TN // VN)
-    ALIGN = None if _simulator() else 16   # 16-byte vector loads; the simulator refuses
+    ALIGN = shared_alignment(16)           # 16-byte vector loads (None: no such option)
+    ALIGNED = ALIGN is not None            # a constant: numba prunes the other branch
     # Pad the shared tile whose global reads run along k (stored row-major with k
     # contiguous): consecutive threads then store to different banks.
     PAD_A = 0 if trans_a else 4
@@ -189,11 +187,15 @@ def _make_gemm(cfg: GemmConfig, dtype_name: str, trans_a: bool, trans_b: bool,
     LOADS_B = -(-BK * BN // THREADS)
     dt = numba.from_dtype(np.dtype(dtype_name))
 
-    @cuda.jit(**bounds)
+    @cuda.jit(**options)
     def gemm(A, B, C, bias, m_dim, n_dim, k_dim, batch,
              la, oa, lb, ob, lc, oc, alpha, beta, has_bias):
-        As = cuda.shared.array(A_TILE, dtype=dt, alignment=ALIGN)
-        Bs = cuda.shared.array(B_TILE, dtype=dt, alignment=ALIGN)
+        if ALIGNED:
+            As = cuda.shared.array(A_TILE, dtype=dt, alignment=ALIGN)
+            Bs = cuda.shared.array(B_TILE, dtype=dt, alignment=ALIGN)
+        else:   # a numba-cuda without alignment= (typing never sees the branch above)
+            As = cuda.shared.array(A_TILE, dtype=dt)
+            Bs = cuda.shared.array(B_TILE, dtype=dt)
         acc = cuda.local.array((TM, TN), dtype=dt)
         ra = cuda.local.array(TM, dtype=dt)
         rb = cuda.local.array(TN, dtype=dt)
@@ -388,8 +390,7 @@ def launch(a, b, c, m, n, k, batch=1, *, trans_a=False, trans_b=False, alpha=1.0
     has_bias = bias is not None
     if bias is None:
         bias = cuda.device_array(1, dtype, stream=stream_or_default(stream))
-    grid = (math.ceil(n / cfg.bn), min(math.ceil(m / cfg.bm), MAX_GRID_YZ),
-            min(batch, MAX_GRID_YZ))
+    grid = (math.ceil(n / cfg.bn), grid_yz(math.ceil(m / cfg.bm)), grid_yz(batch))
     kern[grid, GemmConfig(*cfg).threads, stream_or_default(stream)](
         a, b, c, bias, np.int64(m), np.int64(n), np.int64(k), np.int64(batch),
         np.int64(la), np.int64(oa), np.int64(lb), np.int64(ob), np.int64(lc),

@@ -88,7 +88,7 @@ def _make_im2col(dtype_name: str):
     dt = numba.from_dtype(np.dtype(dtype_name))
     RB = IM2COL_ROWS
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def im2col(x, cols, g0, r0, j0, cg_, kh, kw, sh, sw, pt, pl, dh, dw, out_w, plane):
         """cols[g, r, j] = xpad[n, (g0+g)*Cg + c, oh*sh + p*dh, ow*sw + q*dw] with
         (c, p, q) = divmod(r0 + r) and (n, oh, ow) = divmod(j0 + j).
@@ -146,7 +146,7 @@ def _make_im2col(dtype_name: str):
 def _make_col2im(dtype_name: str):
     dt = numba.from_dtype(np.dtype(dtype_name))
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def col2im(cols, gx, g0, r0, j0, n_lo, n_cnt, cg_lo, cg_cnt, cg_, kh, kw, sh, sw,
                pt, pl, dh, dw, out_h, out_w, accumulate):
         """gx[n, c, h, w] (+)= sum over (p, q) of the chunk's column entries that

@@ -37,6 +37,10 @@ def is_device_array(obj) -> bool:
         return False
     if bool(getattr(type(obj), "__cuda_ndarray__", False)):
         return True  # Numba DeviceNDArray, or the simulator's FakeCUDAArray
+    if _kind(obj) == "torch" and hasattr(obj, "is_cuda"):
+        # A tensor that requires grad (an nn.Parameter) raises RuntimeError from
+        # __cuda_array_interface__; to_numba reads it through .detach().
+        return bool(obj.is_cuda)
     try:
         return hasattr(obj, "__cuda_array_interface__")
     except Exception:  # a property that raises something other than AttributeError
@@ -54,19 +58,12 @@ def _kind(obj) -> str:
     return "cai"
 
 
-def simulated() -> bool:
-    """True when Numba's CUDA simulator is active (NUMBA_ENABLE_CUDASIM=1)."""
-    try:
-        from numba.cuda.core import config      # numba-cuda >= 0.2x
-    except ImportError:                          # older numba-cuda / numba
-        from numba.core import config
-    return bool(getattr(config, "ENABLE_CUDASIM", False))
-
-
 def cuda_available():
     """(usable, reason) for ``python -m fastconv info`` and the CLI's checks."""
     try:
         from numba import cuda
+
+        from ._kernels import simulated
     except Exception as exc:  # numba-cuda missing or broken
         return False, f"numba.cuda cannot be imported: {exc}"
     try:
@@ -110,18 +107,25 @@ def stream_of(obj):
 # Conversions
 # --------------------------------------------------------------------------
 
+def whole(ndim: int) -> tuple:
+    """The index of a whole array, ``(slice(None),) * ndim``: numba device arrays
+    (``DeviceNDArray.setitem``, its dummy-array indexing) take no ``Ellipsis``."""
+    return (slice(None),) * int(ndim)
+
+
 def _contiguous_numba(arr, stream):
     """A C-contiguous numba device array with arr's values (arr itself if it is one).
-    The copy runs on the device (numba's strided assignment kernel); in the
-    simulator, device memory is host memory, so NumPy makes the copy."""
+    The copy runs on the device (numba's strided assignment kernel, on `stream`); in
+    the simulator, device memory is host memory, so NumPy makes the copy."""
     if arr.is_c_contiguous():
         return arr
+    from ._kernels import simulated
     if simulated():
         from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
         return FakeCUDAArray(np.ascontiguousarray(arr._ary))
     from numba import cuda
     out = cuda.device_array(arr.shape, arr.dtype, stream=stream)
-    out.setitem(Ellipsis, arr, stream=stream)
+    out.setitem(whole(arr.ndim), arr, stream=stream)
     return out
 
 
@@ -162,15 +166,10 @@ def like(result, template):
 # Allocation
 # --------------------------------------------------------------------------
 
-def device_empty(shape, dtype, stream=0):
-    from . import _kernels
-    return _kernels.empty(shape, dtype, stream)
-
-
 def device_zeros(shape, dtype, stream=0):
     from . import _kernels
     return _kernels.zeros(shape, dtype, stream)
 
 
-__all__ = ["is_device_array", "cuda_available", "simulated", "stream_of", "to_numba",
-           "like", "device_empty", "device_zeros"]
+__all__ = ["is_device_array", "cuda_available", "stream_of", "to_numba", "like",
+           "device_zeros"]

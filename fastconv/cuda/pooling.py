@@ -31,7 +31,7 @@ def _make_max_forward(dtype_name: str, write_values: bool, write_indices: bool):
     cast = np.dtype(dtype_name).type
     ninf = cast(-np.inf)
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def max_forward(x, values, indices, kh, kw, sh, sw, pt, pl, dh, dw):
         # x: (planes, H, W); values/indices: (planes, out_h, out_w) (without
         # write_indices, `indices` is `values` again and only gives the shape)
@@ -70,7 +70,7 @@ def _make_max_forward(dtype_name: str, write_values: bool, write_indices: bool):
 def _make_max_backward(dtype_name: str):
     zero = np.dtype(dtype_name).type(0)
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def max_backward(grad_out, indices, gx, kh, kw, sh, sw, pt, pl, dh, dw):
         # gather: gx[plane, r, c] = sum of grad_out over windows covering (r, c)
         # whose winner (from indices) is (r, c)
@@ -130,7 +130,7 @@ def _make_avg_forward(dtype_name: str):
     cast = np.dtype(dtype_name).type
     zero = cast(0)
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def avg_forward(x, out, kh, kw, sh, sw, pt, pb, pl, pr, count_include_pad, divisor):
         planes, height, width = x.shape
         out_h, out_w = out.shape[1], out.shape[2]
@@ -156,7 +156,7 @@ def _make_avg_backward(dtype_name: str):
     cast = np.dtype(dtype_name).type
     zero = cast(0)
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def avg_backward(grad_out, gx, kh, kw, sh, sw, pt, pb, pl, pr, count_include_pad,
                      divisor):
         # gather: gx[plane, r, c] = sum over windows covering (r, c) of grad/divisor

@@ -214,13 +214,21 @@ def assemble(ptx: str, cc=(9, 0), cubin_path: str | None = None) -> Resources:
 
 
 _FMA = re.compile(r"\b[FD]FMA\b")
+_LOCAL = re.compile(r"\b(?:LDL|STL)(?:\.\w+)*\b")     # local memory (stack, spills)
 
 
-def hot_loop(cubin_path: str) -> tuple[int, int] | None:
-    """(instructions, FMAs) of the loop with the highest FMA share (>= 8 FMAs).
+class Loop(NamedTuple):
+    instructions: int
+    fmas: int
+    local_accesses: int          # LDL/STL in the loop: spills where they cost most
+
+
+def hot_loop(cubin_path: str) -> Loop | None:
+    """The loop with the highest FMA share (>= 8 FMAs): its instructions, FMAs and
+    local-memory accesses.
 
     A loop is a backward branch in the SASS that cuobjdump prints; the innermost
-    multiply-add loop of a GEMM or convolution kernel is what this finds. (0, 0)
+    multiply-add loop of a GEMM or convolution kernel is what this finds. (0, 0, 0)
     when the kernel has no such loop; None when cuobjdump or nvdisasm is missing.
     """
     cuobjdump, nvdisasm = tool("cuobjdump"), tool("nvdisasm")
@@ -242,9 +250,23 @@ def hot_loop(cubin_path: str) -> tuple[int, int] | None:
             continue
         body = code[position.get(int(target.group(1), 16), i):i + 1]
         fmas = sum(1 for _, t in body if _FMA.search(t))
-        if fmas >= 8 and (best is None or fmas * best[0] > best[1] * len(body)):
-            best = (len(body), fmas)
-    return best or (0, 0)
+        if fmas >= 8 and (best is None or fmas * best.instructions > best.fmas * len(body)):
+            best = Loop(len(body), fmas, sum(1 for _, t in body if _LOCAL.search(t)))
+    return best or Loop(0, 0, 0)
+
+
+def loaded_hot_loop(kernel, cc) -> Loop | None:
+    """:func:`hot_loop` of a kernel numba compiled and loaded (a ``_Kernel``, one
+    overload of a dispatcher), from its cubin: what runs on the GPU, whatever NVVM."""
+    cubin = kernel._codelibrary.get_cubin(cc=tuple(cc))
+    code = getattr(cubin, "code", cubin)     # numba-cuda >= 0.2x: a cuda.core ObjectCode
+    if isinstance(code, str) and os.path.exists(code):
+        return hot_loop(code)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "loaded.cubin")
+        with open(path, "wb") as f:
+            f.write(bytes(code))
+        return hot_loop(path)
 
 
 # Per-SM limits: registers, warps, blocks, shared memory (bytes), reserved per block.
@@ -272,7 +294,7 @@ class Row(NamedTuple):
     dtype: str
     resources: Resources
     occupancy: float
-    loop: tuple[int, int] | None
+    loop: Loop | None
     float64_ops: int
 
 
@@ -322,7 +344,8 @@ def _rows_json(rows):
                  strict=row.spec.strict, float64_ops=row.float64_ops,
                  **row.resources._asdict(), occupancy=row.occupancy,
                  loop_instructions=row.loop[0] if row.loop else None,
-                 loop_fmas=row.loop[1] if row.loop else None) for row in rows]
+                 loop_fmas=row.loop[1] if row.loop else None,
+                 loop_local_accesses=row.loop[2] if row.loop else None) for row in rows]
 
 
 def main(argv=None):

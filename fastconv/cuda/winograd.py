@@ -1,7 +1,7 @@
 """CUDA Winograd convolution F(2x2, 3x3) and F(4x4, 3x3) (Lavin & Gray 2015).
 
 Backend contract: docs/internals.md (numba device arrays, plus ``stream``). Only
-3x3 kernels, stride 1, dilation 1 (:func:`supports`); any 4-sided padding; groups.
+3x3 kernels, stride 1, dilation 1; any 4-sided padding; groups.
 
 With ``m`` the output tile (2 or 4) and ``a = m + 2`` the input tile,
 
@@ -18,10 +18,10 @@ summed over input channels. Four steps, each its own kernel:
 4. output transform: ``out[n, k, tile] = A^T M A (+ bias[k])``, cropped at the
    bottom/right edge (a thread per (k, t)).
 
-The transform matrices are data, built exactly (fractions) by
-:func:`winograd_matrices` from the interpolation points ``0, 1, -1, 2, -2``
-(Toom-Cook), not typed in. ``V`` and ``M`` live in a workspace of at most
-``fastconv.config.workspace_bytes`` together with ``U`` (read at call time): the
+The transform matrices are data, the CPU backend's: built exactly (fractions) by
+``fastconv.winograd_transforms.winograd_matrices`` from the interpolation points
+``0, 1, -1, 2, -2`` (Toom-Cook), not typed in. ``V`` and ``M`` live in a workspace
+of at most ``fastconv.config.workspace_bytes`` together with ``U`` (read at call time): the
 tiles (over the whole batch) are processed in chunks; a chunk has at least one
 tile, so a bound below ``U`` plus one tile's ``a^2 * (C + K)`` values is exceeded
 by that much.
@@ -35,7 +35,8 @@ Accuracy: F(2x2) loses little; F(4x4) in float32 has errors of about 5e-6 of the
 output's scale for unit-scale data with He-scaled weights (a NumPy float32
 emulation of these kernels at C = 64 and 512; the transform entries reach 8 and
 1/24); the documented float32 bound is 1e-3. NaN/Inf anywhere in a tile spreads over the
-whole output tile (the API's ``auto`` avoids Winograd then).
+whole output tile, and large values can overflow in the transforms; the API's ``auto``
+does not inspect device arrays (docs/reliability.md, "Winograd").
 
 Tuning notes (nothing measured: written without a GPU)
 ------------------------------------------------------
@@ -51,108 +52,17 @@ Tuning notes (nothing measured: written without a GPU)
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 import numba
 import numpy as np
 from numba import cuda
 
 from ..config import config
+from ..winograd_transforms import winograd_matrices
 from . import gemm
 from ._kernels import empty, kernel_factory, launch_1d, stream_or_default, u64
 
 TILES = (2, 4)
-
-
-# --------------------------------------------------------------------------
-# transform matrices as data
-# --------------------------------------------------------------------------
-
-def _polymul(a, b):
-    out = [Fraction(0)] * (len(a) + len(b) - 1)
-    for i, x in enumerate(a):
-        for j, y in enumerate(b):
-            out[i + j] += x * y
-    return out
-
-
-def _toom_cook(m: int, r: int = 3):
-    """(A^T, G, B^T) of F(m, r) as float64 arrays, built exactly with fractions.
-
-    Points 0, 1, -1, 2, -2, ... and infinity. With ``f_j = prod_{l != j}(a_j - a_l)``:
-    ``A^T[i, j] = a_j^i``, ``G[j, k] = a_j^k / f_j`` and the columns of ``B`` are the
-    coefficients of ``prod_{l != j}(x - a_l)`` (Lagrange interpolation with the
-    ``1/f_j`` moved into G); the infinity point takes the leading coefficients.
-    Then ``y = A^T [(G g) . (B^T d)]`` is the correlation ``y_i = sum_k g_k d_{i+k}``.
-    """
-    n = m + r - 1
-    points = [Fraction(0)]
-    step = 1
-    while len(points) < n - 1:
-        points += [Fraction(step), Fraction(-step)][:n - 1 - len(points)]
-        step += 1
-    at = [[Fraction(0)] * n for _ in range(m)]
-    g = [[Fraction(0)] * r for _ in range(n)]
-    b = [[Fraction(0)] * n for _ in range(n)]     # b[i][j]: B, i.e. B^T transposed
-    for j, aj in enumerate(points):
-        f, poly = Fraction(1), [Fraction(1)]
-        for l, al in enumerate(points):
-            if l != j:
-                f *= aj - al
-                poly = _polymul(poly, [-al, Fraction(1)])
-        for i in range(m):
-            at[i][j] = aj ** i
-        for k in range(r):
-            g[j][k] = aj ** k / f
-        for i, coef in enumerate(poly):
-            b[i][j] = coef
-    at[m - 1][n - 1] = Fraction(1)
-    g[n - 1][r - 1] = Fraction(1)
-    poly = [Fraction(1)]
-    for al in points:
-        poly = _polymul(poly, [-al, Fraction(1)])
-    for i, coef in enumerate(poly):
-        b[i][n - 1] = coef
-
-    def arr(rows):
-        return np.array([[float(v) for v in row] for row in rows], dtype=np.float64)
-    return arr(at), arr(g), arr(b).T.copy()
-
-
-def _computes_correlation(at, g, bt, m, r) -> bool:
-    """Do these matrices compute y_i = sum_k g_k d_{i+k}? (checked on random data)"""
-    a = m + r - 1
-    if at.shape != (m, a) or g.shape != (a, r) or bt.shape != (a, a):
-        return False
-    rng = np.random.default_rng(0)
-    d, k = rng.standard_normal(a), rng.standard_normal(r)
-    y = at @ ((g @ k) * (bt @ d))
-    return bool(np.allclose(y, [d[i:i + r] @ k for i in range(m)], atol=1e-10))
-
-
-def winograd_matrices(m: int, r: int = 3):
-    """(A^T (m x a), G (a x r), B^T (a x a)) float64 for F(m x m, r x r), a = m + r - 1.
-
-    Uses the CPU backend's construction when it exposes one with this signature
-    and convention (one copy of the algebra; checked on random data), else this
-    module's own (same points, same formulas).
-    """
-    try:
-        from ..cpu import winograd as cpu_winograd
-        build = getattr(cpu_winograd, "winograd_matrices", None)
-        if build is not None:
-            at, g, bt = (np.asarray(t, dtype=np.float64) for t in build(m, r))
-            if _computes_correlation(at, g, bt, m, r):
-                return at, g, bt
-    except Exception:  # absent, or another signature/convention: ours
-        pass
-    return _toom_cook(m, r)
-
-
-def supports(weight_shape, stride, dilation) -> bool:
-    """True when Winograd F(m x m, 3x3) can compute this: 3x3, stride 1, dilation 1."""
-    return (tuple(weight_shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
-            and tuple(dilation) == (1, 1))
 
 
 def default_tile(out_hw) -> int:
@@ -173,7 +83,7 @@ def _make_kernels(dtype_name: str, m: int):
     bt_c = bt_np.astype(dtype_name)
     g_c = g_np.copy()                    # the filter transform runs in float64
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def filter_transform(w, u, groups, keg, flip):
         """u[e*G + g, kl, cl] = (G w_eff G^T)[e] for effective weight w_eff, whose
         (ke, ce) is w[ke, ce] or, when flip, w[g*ceg + ce, ke % keg] rotated 180."""
@@ -209,7 +119,7 @@ def _make_kernels(dtype_name: str, m: int):
                     u[u64((x * a + y) * groups + grp), u64(kl), u64(ce)] = s
             i += step
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def input_transform(x, v, groups, t0, n_tiles, pt, pl, tiles_w, tiles_img):
         """v[e*G + g, cl, t] = (B^T d B)[e] of the a x a patch of tile t0 + t (channel
         g*Cg + cl) whose top-left input pixel is (ti*m - pt, tj*m - pl)."""
@@ -254,7 +164,7 @@ def _make_kernels(dtype_name: str, m: int):
                     v[u64((y * a + z) * groups + grp), u64(cl), u64(t)] = s
             i += step
 
-    @cuda.jit
+    @cuda.jit(cache=True)
     def output_transform(mm, out, bias, has_bias, groups, t0, n_tiles, tiles_w, tiles_img):
         """out[n, k, ti*m + i, tj*m + j] = (A^T M A)[i, j] (+ bias[k]), cropped."""
         atm = cuda.const.array_like(at_c)
@@ -354,7 +264,8 @@ def _winograd(x, weight, bias, pt, pl, out_shape, groups, flip, m, stream, gemm_
 
 
 def _check(weight_shape, stride, dilation, tile):
-    if not supports(weight_shape, stride, dilation):
+    if (tuple(weight_shape[2:]) != (3, 3) or tuple(stride) != (1, 1)
+            or tuple(dilation) != (1, 1)):
         raise ValueError(
             f"winograd needs a 3x3 kernel, stride 1 and dilation 1, got kernel "
             f"{tuple(weight_shape[2:])}, stride {tuple(stride)}, dilation {tuple(dilation)}")
@@ -385,5 +296,4 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, 
                      True, tile, stream, gemm_config)
 
 
-__all__ = ["conv2d", "conv2d_grad_input", "supports", "winograd_matrices", "default_tile",
-           "plan_tiles", "TILES"]
+__all__ = ["conv2d", "conv2d_grad_input", "default_tile", "plan_tiles", "TILES"]

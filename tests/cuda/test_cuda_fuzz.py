@@ -4,14 +4,18 @@ FASTCONV_CUDA_FUZZ_EXAMPLES sets how many (run hundreds on a real GPU)."""
 import os
 
 import numpy as np
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
+import pytest
 
-import fastconv as fc
-from fastconv import api, reference
-from fastconv.shapes import conv_geometry, pool_geometry
+pytest.importorskip("hypothesis")     # absent on some GPU machines: skip, do not error
 
-from .conftest import assert_close
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import fastconv as fc  # noqa: E402
+from fastconv import api, reference  # noqa: E402
+from fastconv.shapes import conv_geometry, pool_geometry  # noqa: E402
+
+from .conftest import assert_close  # noqa: E402
 
 # FASTCONV_CUDA_FUZZ_EXAMPLES=300 on a real GPU; the simulator affords a few.
 FUZZ = settings(max_examples=int(os.environ.get("FASTCONV_CUDA_FUZZ_EXAMPLES", "15")),
