@@ -140,7 +140,9 @@ def worker(variant, models, iters):
 
         results[name] = {"inference": _time(inference, iters),
                          "training": _time(training, iters)}
-    return {"variant": variant, "torch_threads": torch.get_num_threads(), "results": results}
+    import numba
+    return {"variant": variant, "torch_threads": torch.get_num_threads(),
+            "numba_threads": numba.config.NUMBA_NUM_THREADS, "results": results}
 
 
 OVERHEAD_LAYERS = [(3, 64, 32), (32, 64, 32), (32, 32, 64), (64, 32, 64), (64, 16, 128),
@@ -182,6 +184,9 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("-k", dest="select", default=None, help="only models containing this")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for torch and numba (OMP_NUM_THREADS, NUMBA_NUM_THREADS); "
+                             "default: theirs")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     models = [m for m in MODELS if args.select is None or args.select in m]
@@ -193,6 +198,10 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(worker(args.worker, models, args.iters)))
         return
+    env = dict(os.environ)
+    if args.threads:
+        for name in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = str(args.threads)
     best = {}
     threads = None
     for round_ in range(args.rounds):
@@ -202,17 +211,17 @@ def main(argv=None):
             for variant in VARIANTS:
                 command = [sys.executable, os.path.abspath(__file__), "--worker", variant,
                            "--iters", str(args.iters), "-k", model]
-                out = subprocess.run(command, capture_output=True, text=True)
+                out = subprocess.run(command, capture_output=True, text=True, env=env)
                 if out.returncode:
                     sys.exit(f"{variant} failed:\n{out.stderr}")
                 report = json.loads(out.stdout.strip().splitlines()[-1])
-                threads = report["torch_threads"]
+                threads = (report["torch_threads"], report["numba_threads"])
                 for mode, seconds in report["results"][model].items():
                     key = (variant, model, mode)
                     best[key] = min(best.get(key, float("inf")), seconds)
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
     cpu = _cpu_model()
-    print(f"CPU: {cpu} ({os.cpu_count()} logical CPUs), torch threads {threads}, "
+    print(f"CPU: {cpu} ({os.cpu_count()} logical CPUs), torch/numba threads {threads}, "
           f"batch {BATCH}, minimum over {args.rounds} rounds of the median of {args.iters}")
     print(f"{'model':8} {'mode':10} {'torch ms':>9} {'fastconv ms':>12} {'ratio':>6} "
           f"{'torch-first ms':>15} {'ratio':>6}")
@@ -225,7 +234,7 @@ def main(argv=None):
             print(f"{model:8} {mode:10} {t * 1e3:9.1f} {f * 1e3:12.1f} {t / f:6.2f} "
                   f"{tf * 1e3:15.1f} {t / tf:6.2f}")
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", "overhead",
-                          "--iters", str(args.iters)], capture_output=True, text=True)
+                          "--iters", str(args.iters)], capture_output=True, text=True, env=env)
     if out.returncode:
         sys.exit(f"overhead failed:\n{out.stderr}")
     layers = json.loads(out.stdout.strip().splitlines()[-1])
@@ -236,7 +245,7 @@ def main(argv=None):
               f"{t['bridge'] / t['numpy']:5.2f}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": threads,
+            json.dump({"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_numba_threads": threads,
                        "batch": BATCH, "rounds": args.rounds, "iters": args.iters,
                        "rows": rows, "bridge_cost": layers}, fh, indent=1)
 
