@@ -39,13 +39,16 @@ def operands(layout, m, k, n, dtype, rng):
     return (a.T if layout[0] == "t" else a), (b.T if layout[1] == "t" else b)
 
 
+CLOCK = time.perf_counter
+
+
 def best(f, calls=3):
     f()
     t = 1e9
     for _ in range(calls):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         f()
-        t = min(t, time.perf_counter() - t0)
+        t = min(t, CLOCK() - t0)
     return t
 
 
@@ -55,9 +58,15 @@ def main():
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--layout", default="nn")
     parser.add_argument("--blocking", default=None)
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time by the thread's CPU time (one thread only: numba and "
+                             "OpenBLAS then run in the caller; robust to other load)")
     parser.add_argument("--shapes", default=None, help="m,k,n;m,k,n;...")
     args = parser.parse_args()
     dtype = np.dtype(args.dtype)
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.thread_time
     blocking = (mm.Blocking(*map(int, args.blocking.split(","))) if args.blocking
                 else mm.HOST[dtype])
     shapes = ([tuple(map(int, s.split(","))) for s in args.shapes.split(";")]
