@@ -73,8 +73,8 @@ def host_blocking(features=None):
     if features is None:
         features = target_features()
     if features.get("avx512f"):
-        return {np.dtype(np.float32): Blocking(64, 12, 2, 384, 768, 768),
-                np.dtype(np.float64): Blocking(64, 12, 2, 192, 768, 768)}
+        return {np.dtype(np.float32): Blocking(64, 8, 3, 384, 768, 768),
+                np.dtype(np.float64): Blocking(64, 8, 3, 192, 768, 768)}
     if features.get("avx2") and features.get("fma"):
         return {np.dtype(np.float32): Blocking(32, 6, 2, 256, 1024, 768),
                 np.dtype(np.float64): Blocking(32, 6, 2, 128, 1024, 768)}
@@ -176,64 +176,75 @@ def _micro_kernel(typingctx, AP, ap_off, BP, bp_off, C, c_off, ldc, depth, rows,
     return sig, codegen
 
 
-@numba.njit(**HELPER)
-def _pack_a(A, off, rs, cs, i0, rows, p0, depth, ap, mr):
-    """ap[panel*mr*depth + p*mr + i] = A[off + (i0 + panel*mr + i)*rs + (p0 + p)*cs],
-    rows past `rows` zero."""
-    panels = -(-rows // mr)
-    for panel in range(panels):
-        height = min(mr, rows - panel * mr)
-        dst = ap[panel * mr * depth:(panel + 1) * mr * depth]
-        start = off + (i0 + panel * mr) * rs + p0 * cs
-        if rs == 1:
-            # each step of the depth is `height` consecutive elements
-            for p in range(depth):
-                src = A[start + p * cs:start + p * cs + height]
-                row = dst[p * mr:(p + 1) * mr]
-                for i in range(height):
-                    row[i] = src[i]
-                for i in range(height, mr):
-                    row[i] = 0
-        else:
-            for i in range(height):
-                src = A[start + i * rs:]
-                for p in range(depth):
-                    dst[p * mr + i] = src[p * cs]
-            for i in range(height, mr):
-                for p in range(depth):
-                    dst[p * mr + i] = 0
+def _transpose_stages(rows, lanes):
+    """The shuffles that transpose `rows` vectors of `lanes` elements (both powers of
+    two, rows <= lanes): element (i, l) (row i, lane l) ends in vector
+    l // (lanes // rows), lane (l % (lanes // rows)) * rows + i. Each stage exchanges one
+    bit of the vector index with one bit of the lane index (a butterfly: rows shuffles
+    of two vectors a stage, log2(rows) stages). Returns [[(out, a, b, mask)]]."""
+    vbits, lbits = rows.bit_length() - 1, lanes.bit_length() - 1
+    low = lanes // rows
+    vectors = [[(i, l) for l in range(lanes)] for i in range(rows)]
+    stages = []
+    for s in range(vbits):
+        bit = lbits - vbits + s
+        final = s == vbits - 1
+        new, ops = [None] * rows, []
+        for a in range(rows):
+            if a & (1 << s):
+                continue
+            b = a | (1 << s)
+            pool = vectors[a] + vectors[b]
+            for out, value in ((a, 0), (b, 1)):
+                chosen = [(k, e) for k, e in enumerate(pool) if (e[1] >> bit) & 1 == value]
+                if final:
+                    chosen.sort(key=lambda ke: (ke[1][1] % low) * rows + ke[1][0])
+                new[out] = [e for _, e in chosen]
+                ops.append((out, a, b, [k for k, _ in chosen]))
+        vectors = new
+        stages.append(ops)
+    return stages
 
 
-@numba.njit(**HELPER)
-def _pack_b(B, off, rs, cs, p0, depth, j0, cols, bp, nr):
-    """bp[panel*nr*depth + p*nr + j] = B[off + (p0 + p)*rs + (j0 + panel*nr + j)*cs],
-    columns past `cols` zero."""
-    panels = -(-cols // nr)
-    last = cols - (panels - 1) * nr
-    start = off + p0 * rs + j0 * cs
-    if cs == 1:
-        # row by row of B: its reads are sequential (panel by panel, each step of the
-        # depth would touch another page: 2.5x slower)
-        for p in range(depth):
-            src = B[start + p * rs:start + p * rs + cols]
-            for panel in range(panels):
-                dst = bp[panel * nr * depth + p * nr:panel * nr * depth + (p + 1) * nr]
-                width = nr if panel < panels - 1 else last
-                part = src[panel * nr:panel * nr + width]
-                for j in range(width):
-                    dst[j] = part[j]
-                for j in range(width, nr):
-                    dst[j] = 0
-    else:
-        for j in range(cols):
-            src = B[start + j * cs:]
-            dst = bp[(j // nr) * nr * depth + j % nr:]
-            for p in range(depth):
-                dst[p * nr] = src[p * rs]
-        for j in range(last, nr):
-            dst = bp[(panels - 1) * nr * depth + j:]
-            for p in range(depth):
-                dst[p * nr] = 0
+@intrinsic
+def _transpose(typingctx, S, s_off, lds, D, d_off, ldd, block_rows):
+    """Transpose a block: R rows of one vector each, S[s_off + r*lds + l] (r < R,
+    l < lanes), into R vectors D[d_off + k*ldd : ... + lanes] where vector k holds, for
+    each of the lanes // R steps l = k*(lanes//R) + h, the R values S[., l] in row order.
+    R = block_rows, or the vector's lanes when block_rows is 0. AVX-512 registers."""
+    block = _literal(block_rows, "block_rows")
+    sig = types.void(S, types.intp, types.intp, D, types.intp, types.intp, block_rows)
+
+    def codegen(context, builder, signature, args):
+        s_arr, s_off, lds, d_arr, d_off, ldd = args[:6]
+        scalar = context.get_value_type(signature.args[0].dtype)
+        size = context.get_abi_sizeof(scalar)
+        lanes = 64 // size
+        rows = block or lanes
+        vec = ir.VectorType(scalar, lanes)
+        vec_ptr = vec.as_pointer()
+        i32 = ir.IntType(32)
+
+        def base(index, offset):
+            ary = context.make_array(signature.args[index])(context, builder, args[index])
+            return builder.gep(ary.data, [offset], inbounds=True)
+
+        src, dst = base(0, s_off), base(3, d_off)
+        vectors = [builder.load(builder.bitcast(builder.gep(
+            src, [builder.mul(ir.Constant(lds.type, r), lds)], inbounds=True), vec_ptr),
+            align=size) for r in range(rows)]
+        for ops in _transpose_stages(rows, lanes):
+            new = list(vectors)
+            for out, a, b, mask in ops:
+                new[out] = builder.shuffle_vector(vectors[a], vectors[b],
+                                                  ir.Constant(ir.VectorType(i32, lanes), mask))
+            vectors = new
+        for k in range(rows):
+            ptr = builder.gep(dst, [builder.mul(ir.Constant(ldd.type, k), ldd)], inbounds=True)
+            builder.store(vectors[k], builder.bitcast(ptr, vec_ptr), align=size)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 _kernels = {}       # Blocking -> its driver (jitcache finds them here)
@@ -249,6 +260,84 @@ def _kernel(blocking):
 
 def _make_kernel(blocking):
     vector_bytes, mr, vectors, kc, nc, mc = blocking
+    # packing an operand whose rows run along the depth (W in W @ cols, cols in go @ cols.T)
+    # is a transpose: in blocks of vectors through register shuffles on AVX-512 (3x faster
+    # than element by element); MR rows at a time for A where MR is a power of two
+    vector_transpose = vector_bytes == 64
+    a_block = mr if vector_transpose and mr & (mr - 1) == 0 and mr <= 8 else 0
+
+    @numba.njit(**HELPER)
+    def pack_a(A, off, rs, cs, i0, rows, p0, depth, ap):
+        """ap[panel*mr*depth + p*mr + i] = A[off + (i0 + panel*mr + i)*rs + (p0 + p)*cs],
+        rows past `rows` zero."""
+        lanes = 64 // A.itemsize
+        panels = -(-rows // mr)
+        for panel in range(panels):
+            height = min(mr, rows - panel * mr)
+            dst = ap[panel * mr * depth:(panel + 1) * mr * depth]
+            start = off + (i0 + panel * mr) * rs + p0 * cs
+            done = 0
+            if rs == 1:
+                # each step of the depth is `height` consecutive elements
+                for p in range(depth):
+                    src = A[start + p * cs:start + p * cs + height]
+                    row = dst[p * mr:(p + 1) * mr]
+                    for i in range(height):
+                        row[i] = src[i]
+                    for i in range(height, mr):
+                        row[i] = 0
+                continue
+            if a_block and cs == 1 and height == mr:
+                done = depth // lanes * lanes
+                for p in range(0, done, lanes):
+                    _transpose(A, start + p, rs, dst, p * mr, lanes, a_block)
+            for i in range(height):
+                src = A[start + i * rs:]
+                for p in range(done, depth):
+                    dst[p * mr + i] = src[p * cs]
+            for i in range(height, mr):
+                for p in range(depth):
+                    dst[p * mr + i] = 0
+
+    @numba.njit(**HELPER)
+    def pack_b(B, off, rs, cs, p0, depth, j0, cols, bp):
+        """bp[panel*nr*depth + p*nr + j] = B[off + (p0 + p)*rs + (j0 + panel*nr + j)*cs],
+        columns past `cols` zero."""
+        lanes = 64 // B.itemsize
+        nr = vectors * vector_bytes // B.itemsize
+        panels = -(-cols // nr)
+        last = cols - (panels - 1) * nr
+        start = off + p0 * rs + j0 * cs
+        if cs == 1:
+            # row by row of B: its reads are sequential (panel by panel, each step of the
+            # depth would touch another page: 2.5x slower)
+            for p in range(depth):
+                src = B[start + p * rs:start + p * rs + cols]
+                for panel in range(panels):
+                    dst = bp[panel * nr * depth + p * nr:panel * nr * depth + (p + 1) * nr]
+                    width = nr if panel < panels - 1 else last
+                    part = src[panel * nr:panel * nr + width]
+                    for j in range(width):
+                        dst[j] = part[j]
+                    for j in range(width, nr):
+                        dst[j] = 0
+            return
+        whole, done = 0, 0
+        if vector_transpose and rs == 1:
+            whole, done = cols // lanes * lanes, depth // lanes * lanes
+            for j in range(0, whole, lanes):
+                dst = bp[(j // nr) * nr * depth + j % nr:]
+                for p in range(0, done, lanes):
+                    _transpose(B, start + j * cs + p, cs, dst, p * nr, nr, 0)
+        for j in range(cols):
+            src = B[start + j * cs:]
+            dst = bp[(j // nr) * nr * depth + j % nr:]
+            for p in range(done if j < whole else 0, depth):
+                dst[p * nr] = src[p * rs]
+        for j in range(last, nr):
+            dst = bp[(panels - 1) * nr * depth + j:]
+            for p in range(depth):
+                dst[p * nr] = 0
 
     @numba.njit(**KERNEL)
     def packed_gemm(A, B, C, shape, a_strides, b_strides, c_strides, parts_m, parts_n,
@@ -275,11 +364,11 @@ def _make_kernel(blocking):
                 width = min(nc, n1 - jc)
                 for pc in range(0, k, kc):
                     depth = min(kc, k - pc)
-                    _pack_b(B, e * b_bs, b_rs, b_cs, pc, depth, jc, width, bp, nr)
+                    pack_b(B, e * b_bs, b_rs, b_cs, pc, depth, jc, width, bp)
                     add = accumulate or pc > 0
                     for ic in range(m0, m1, mc):
                         height = min(mc, m1 - ic)
-                        _pack_a(A, e * a_bs, a_rs, a_cs, ic, height, pc, depth, ap, mr)
+                        pack_a(A, e * a_bs, a_rs, a_cs, ic, height, pc, depth, ap)
                         for ir in range(0, height, mr):
                             for jr in range(0, width, nr):
                                 _micro_kernel(ap, ir * depth, bp, jr * depth, C,
