@@ -34,6 +34,7 @@ were tuned: docs/tuning.md). Where the CPU has neither AVX-512 nor AVX2 + FMA,
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import NamedTuple
 
@@ -412,10 +413,11 @@ def _workspace(items, elements, dtype):
 
 
 def _parts(batch, m, n, mr, nr):
-    """(parts of M, parts of N) per batch element so that every thread has a work item;
-    the longer dimension is split (the other operand is then packed once per part)."""
+    """(parts of M, parts of N) per batch element so that the work items divide evenly
+    among the threads; the longer dimension is split (the other operand is then packed
+    once per part)."""
     threads = numba.get_num_threads()
-    per = -(-threads // batch)
+    per = threads // math.gcd(batch, threads)
     if per <= 1:
         return 1, 1
     tiles_m, tiles_n = -(-m // mr), -(-n // nr)
@@ -451,10 +453,10 @@ def matmul(a, b, out=None, accumulate=False, blocking=None):
     if not (a.dtype == b.dtype and a.dtype in (np.float32, np.float64)):
         raise ValueError(f"matmul: dtypes {a.dtype}, {b.dtype}")
     a3, b3 = _as_3d(a, "a"), _as_3d(b, "b")
-    batch = max(a3.shape[0], b3.shape[0])
+    batch = b3.shape[0] if b.ndim == 3 else a3.shape[0]
     m, k = a3.shape[1:]
     n = b3.shape[2]
-    if b3.shape[1] != k or a3.shape[0] not in (1, batch) or b3.shape[0] not in (1, batch):
+    if b3.shape[1] != k or (a.ndim == b.ndim == 3 and a3.shape[0] != batch):
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not multiply")
     shape = (m, n) if a.ndim == b.ndim == 2 else (batch, m, n)
     if out is None:
@@ -486,8 +488,8 @@ def matmul(a, b, out=None, accumulate=False, blocking=None):
     fa, sa = _flat(a3)
     fb, sb = _flat(b3)
     fc, sc = _flat(c3)
-    a_bs = sa[0] if a3.shape[0] == batch else 0
-    b_bs = sb[0] if b3.shape[0] == batch else 0
+    a_bs = sa[0] if a.ndim == 3 else 0
+    b_bs = sb[0] if b.ndim == 3 else 0
     c_bs = sc[0] if batch > 1 else 0
     vector_bytes, mr, vectors, kc, nc, mc = blocking
     lanes = vector_bytes // a.itemsize
@@ -500,4 +502,39 @@ def matmul(a, b, out=None, accumulate=False, blocking=None):
     _kernel(blocking)(readonly(fa), readonly(fb), fc, (batch, m, n, k), (a_bs,) + sa[1:],
                       (b_bs,) + sb[1:], (c_bs, sc[1]), parts_m, parts_n, bool(accumulate),
                       space, b_size)
+    return out
+
+
+# OpenBLAS multiplies on the calling thread alone up to this much work (m * n * k: its
+# GEMM_MULTITHREAD_THRESHOLD of 4 times 65536), so there it wakes no threads of its own,
+# and it is faster than waking numba's pool for a packed GEMM.
+BLAS_SINGLE_THREAD_WORK = 4 * 65536
+
+
+def own_gemm_wins(batch, m, n, k, dtype):
+    """The rule: fastconv's GEMM for work above BLAS_SINGLE_THREAD_WORK on a CPU with a
+    blocking (single-threaded it runs at 0.9-1.1x OpenBLAS's rate on im2col's shapes;
+    with threads it keeps OpenBLAS's pool out of the process's hot paths, see
+    docs/tuning.md), np.matmul otherwise."""
+    return (HOST is not None and np.dtype(dtype) in HOST
+            and batch * m * n * k > BLAS_SINGLE_THREAD_WORK)
+
+
+def gemm(a, b, out, accumulate=False):
+    """out = a @ b (out += a @ b with `accumulate`) by whichever of fastconv's GEMM and
+    np.matmul `own_gemm_wins` picks; the shapes and dtypes as for `matmul`.
+
+    >>> import numpy as np
+    >>> from fastconv.cpu.matmul import gemm
+    >>> out = np.zeros((2, 2))
+    >>> gemm(np.eye(2), np.ones((2, 2)), out, accumulate=True)[1, 1]
+    1.0
+    """
+    batch = max(a.shape[0] if a.ndim == 3 else 1, b.shape[0] if b.ndim == 3 else 1)
+    if own_gemm_wins(batch, a.shape[-2], b.shape[-1], a.shape[-1], a.dtype):
+        return matmul(a, b, out=out, accumulate=accumulate)
+    if accumulate:
+        out += np.matmul(a, b)
+    else:
+        np.matmul(a, b, out=out)
     return out
