@@ -126,3 +126,34 @@ def test_transpose_stages_move_every_element():
         low = lanes // rows
         for v, vector in enumerate(vectors):
             assert vector == [(i, v * low + h) for h in range(low) for i in range(rows)]
+
+
+# im2col (forward and both gradients) on the own GEMM for every GEMM, however small,
+# over the convolution grid: batches, groups, strides, padding, dilation, 1x1 layers
+from fastconv import reference  # noqa: E402
+import fastconv as fc  # noqa: E402
+
+from .conftest import assert_close  # noqa: E402
+from .test_conv_cpu import CASES, DTYPES, _case_id, _data, _geometry, _kwargs  # noqa: E402
+
+
+@pytest.mark.skipif(mm.HOST is None, reason="no blocking for this CPU: np.matmul runs")
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_im2col_on_own_gemm_matches_reference(case, monkeypatch):
+    monkeypatch.setattr(mm, "BLAS_SINGLE_THREAD_WORK", -1)
+    calls = []
+    own = mm.matmul
+    monkeypatch.setattr(mm, "matmul", lambda *args, **kw: calls.append(1) or own(*args, **kw))
+    s, p, d, _ = _geometry(case)
+    for dtype in DTYPES:
+        x, w, b = _data(case, dtype)
+        out = fc.conv2d(x, w, b, algorithm="im2col", **_kwargs(case))
+        assert_close(out, reference.conv2d(x, w, b, s, p, d, case["groups"]), dtype)
+        go = np.random.default_rng(0).standard_normal(out.shape).astype(dtype)
+        gi = fc.conv2d_grad_input(go, w, x.shape, algorithm="im2col", **_kwargs(case))
+        gw = fc.conv2d_grad_weight(go, x, w.shape, algorithm="im2col", **_kwargs(case))
+        assert_close(gi, reference.conv2d_grad_input(go, w, x.shape, s, p, d, case["groups"]),
+                     dtype)
+        assert_close(gw, reference.conv2d_grad_weight(go, x, w.shape, s, p, d, case["groups"]),
+                     dtype)
+    assert calls or 0 in x.shape or 0 in w.shape
