@@ -33,7 +33,8 @@ def cpu_model():
 
 
 def operands(layout, m, k, n, dtype, rng):
-    """(a, b) in the layout: nn W @ cols; tn W^T @ go (a transposed); nt go @ cols^T."""
+    """(a, b) in the layout: nn W @ cols; tn W^T @ go (a transposed); nt go @ cols^T.
+    (--layout gi and gw take the forward shapes to their gradients' GEMMs.)"""
     a = rng.standard_normal((k, m) if layout[0] == "t" else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if layout[1] == "t" else (k, n)).astype(dtype)
     return (a.T if layout[0] == "t" else a), (b.T if layout[1] == "t" else b)
@@ -75,8 +76,13 @@ def main():
           f"min of {args.rounds} rounds, interleaved")
     rng = np.random.default_rng(0)
     for layout in args.layout.split(","):
-        for m, k, n in shapes:
-            a, b = operands(layout, m, k, n, dtype, rng)
+        for shape in shapes:
+            m, k, n = shape
+            if layout == "gi":      # grad_input of the forward GEMM: W^T @ go
+                m, k, n = k, m, n
+            elif layout == "gw":    # grad_weight: go @ cols^T
+                m, k, n = m, n, k
+            a, b = operands({"gi": "tn", "gw": "nt"}.get(layout, layout), m, k, n, dtype, rng)
             out = np.empty((m, n), dtype)
             ref = a.astype(np.float64) @ b.astype(np.float64)
             mm.matmul(a, b, out=out, blocking=blocking)

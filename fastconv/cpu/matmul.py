@@ -358,7 +358,7 @@ def _make_kernel(blocking):
             m1, n1 = min(m, m0 + m_step), min(n, n0 + n_step)
             if m0 >= m1 or n0 >= n1:
                 continue
-            space = ws[numba.get_thread_id()]      # packing space of this thread
+            space = ws[numba.get_thread_id()]      # this thread's packing space
             bp = space[:b_size]
             ap = space[b_size:]
             for jc in range(n0, n1, nc):
@@ -399,17 +399,18 @@ _workspaces = threading.local()
 
 def _workspace(items, elements, dtype):
     """items rows of `elements` (a multiple of 64 bytes), 64-byte aligned: one per numba
-    thread, kept per Python thread (a fresh allocation of megabytes faults its pages in)."""
-    key = (items, elements, np.dtype(dtype))
-    cached = getattr(_workspaces, "space", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    itemsize = np.dtype(dtype).itemsize
-    raw = np.empty(items * elements + 64 // itemsize, dtype=dtype)
-    start = (-raw.ctypes.data % 64) // itemsize
-    space = raw[start:start + items * elements].reshape(items, elements)
-    _workspaces.space = (key, space)
-    return space
+    thread. The largest so far is kept per Python thread and dtype (a fresh allocation of
+    megabytes faults its pages in on every call)."""
+    dtype = np.dtype(dtype)
+    kept = getattr(_workspaces, "spaces", None)
+    if kept is None:
+        kept = _workspaces.spaces = {}
+    raw = kept.get(dtype)
+    align = 64 // dtype.itemsize
+    if raw is None or raw.size < items * elements + align:
+        raw = kept[dtype] = np.empty(items * elements + align, dtype=dtype)
+    start = (-raw.ctypes.data % 64) // dtype.itemsize
+    return raw[start:start + items * elements].reshape(items, elements)
 
 
 def _parts(batch, m, n, mr, nr):
@@ -498,7 +499,7 @@ def matmul(a, b, out=None, accumulate=False, blocking=None):
     b_size = kc * (-(-min(nc, n) // nr) * nr)
     a_size = kc * (-(-min(mc, m) // mr) * mr)
     row = -(-(b_size + a_size) // lanes) * lanes
-    space = _workspace(numba.config.NUMBA_NUM_THREADS, row, a.dtype)
+    space = _workspace(numba.get_num_threads(), row, a.dtype)
     _kernel(blocking)(readonly(fa), readonly(fb), fc, (batch, m, n, k), (a_bs,) + sa[1:],
                       (b_bs,) + sb[1:], (c_bs, sc[1]), parts_m, parts_n, bool(accumulate),
                       space, b_size)
