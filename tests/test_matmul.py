@@ -55,7 +55,7 @@ def test_accumulate_adds_to_out(dtype):
     start = rng.standard_normal((13, 29)).astype(dtype)
     out = start.copy()
     _check(a, b, out, accumulate=True, start=start.astype(np.float64),
-           blocking=mm.Blocking(64, 8, 3, 16, 48, 8))
+           blocking=BLOCKINGS[2])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -111,7 +111,7 @@ def test_random_shapes(m, k, n, ta, tb, f64, seed):
     rng = np.random.default_rng(seed)
     a = _operand(rng, (m, k), dtype, ta)
     b = _operand(rng, (k, n), dtype, tb)
-    _check(a, b, None, blocking=mm.Blocking(64, 8, 3, 32, 96, 24))
+    _check(a, b, None, blocking=BLOCKINGS[1])
 
 
 def test_transpose_stages_move_every_element():

@@ -177,6 +177,52 @@ def _micro_kernel(typingctx, AP, ap_off, BP, bp_off, C, c_off, ldc, depth, rows,
     return sig, codegen
 
 
+@intrinsic
+def _copy_vectors(typingctx, S, s_off, D, d_off, width, count):
+    """D[d_off + j] = S[s_off + j] for j < width, 0 for width <= j < count * lanes:
+    `count` (a constant) vectors of 64 bytes, masked loads, whole stores."""
+    vectors = _literal(count, "count")
+    sig = types.void(S, types.intp, D, types.intp, types.intp, count)
+
+    def codegen(context, builder, signature, args):
+        s_arr, s_off, d_arr, d_off, width = args[:5]
+        scalar = context.get_value_type(signature.args[0].dtype)
+        size = context.get_abi_sizeof(scalar)
+        lanes = 64 // size
+        vec = ir.VectorType(scalar, lanes)
+        vec_ptr = vec.as_pointer()
+        i32 = ir.IntType(32)
+        lane_ids = ir.VectorType(i32, lanes)
+        mask_type = ir.VectorType(ir.IntType(1), lanes)
+        suffix = f"v{lanes}{'f32' if isinstance(scalar, ir.FloatType) else 'f64'}"
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec_ptr, i32, mask_type, vec]),
+            f"llvm.masked.load.{suffix}.p0{suffix}")
+
+        def base(index, offset):
+            ary = context.make_array(signature.args[index])(context, builder, args[index])
+            return builder.gep(ary.data, [offset], inbounds=True)
+
+        src, dst = base(0, s_off), base(2, d_off)
+        one = builder.insert_element(ir.Constant(lane_ids, None), builder.trunc(width, i32),
+                                     ir.Constant(i32, 0))
+        width_splat = builder.shuffle_vector(one, one, ir.Constant(lane_ids, [0] * lanes))
+        zero = ir.Constant(vec, [0.0] * lanes)
+        for j in range(vectors):
+            mask = builder.icmp_signed(
+                "<", ir.Constant(lane_ids, [j * lanes + lane for lane in range(lanes)]),
+                width_splat)
+            at = ir.Constant(s_off.type, j * lanes)
+            value = builder.call(masked_load, [builder.bitcast(
+                builder.gep(src, [at], inbounds=True), vec_ptr), ir.Constant(i32, size), mask,
+                zero])
+            builder.store(value, builder.bitcast(builder.gep(dst, [at], inbounds=True),
+                                                 vec_ptr), align=size)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _transpose_stages(rows, lanes):
     """The shuffles that transpose `rows` vectors of `lanes` elements (both powers of
     two, rows <= lanes): element (i, l) (row i, lane l) ends in vector
@@ -313,11 +359,14 @@ def _make_kernel(blocking):
             # row by row of B: its reads are sequential (panel by panel, each step of the
             # depth would touch another page: 2.5x slower)
             for p in range(depth):
-                src = B[start + p * rs:start + p * rs + cols]
                 for panel in range(panels):
-                    dst = bp[panel * nr * depth + p * nr:panel * nr * depth + (p + 1) * nr]
                     width = nr if panel < panels - 1 else last
-                    part = src[panel * nr:panel * nr + width]
+                    if vector_transpose:
+                        _copy_vectors(B, start + p * rs + panel * nr, bp,
+                                      panel * nr * depth + p * nr, width, vectors)
+                        continue
+                    dst = bp[panel * nr * depth + p * nr:panel * nr * depth + (p + 1) * nr]
+                    part = B[start + p * rs + panel * nr:start + p * rs + panel * nr + width]
                     for j in range(width):
                         dst[j] = part[j]
                     for j in range(width, nr):
