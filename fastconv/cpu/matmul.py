@@ -430,6 +430,11 @@ def _make_kernel(blocking):
     return packed_gemm
 
 
+def _whole_strides(array):
+    return array.flags.aligned and all(s >= 0 and s % array.itemsize == 0
+                                       for s in array.strides)
+
+
 def _flat(array):
     """A 1-D view from `array`'s first element over all its elements, and its strides
     in elements (positive, as every caller's views have)."""
@@ -490,8 +495,8 @@ def matmul(a, b, out=None, accumulate=False, blocking=None):
     """out = a @ b, or out += a @ b with `accumulate=True`, on fastconv's packed GEMM.
 
     a (M, K) or (E, M, K), b (K, N) or (E, K, N) of one float dtype, any strides (a
-    transposed view costs no copy); out (M, N) or (E, M, N) with unit column stride,
-    allocated when None. A 2-D operand is shared by every batch element. `blocking`
+    transposed view costs no copy); out (M, N) or (E, M, N) with unit column stride, not
+    overlapping a or b, allocated when None. A 2-D operand is shared by every batch element. `blocking`
     defaults to the host's (`HOST`); without one, np.matmul runs.
 
     >>> import numpy as np
@@ -531,10 +536,14 @@ def matmul(a, b, out=None, accumulate=False, blocking=None):
         if not accumulate:
             out[...] = 0
         return out
-    if c3.strides[2] != c3.itemsize or min(c3.strides) < 0:
+    if (c3.strides[2] != c3.itemsize and n > 1) or min(c3.strides) < 0 \
+            or not _whole_strides(c3):
         raise ValueError("matmul: out must have unit column stride")
-    if min(a3.strides + b3.strides) < 0:
-        a3, b3 = np.ascontiguousarray(a3), np.ascontiguousarray(b3)
+    # the kernel walks the operands by strides in elements, forward
+    if not _whole_strides(a3):
+        a3 = np.ascontiguousarray(a3)
+    if not _whole_strides(b3):
+        b3 = np.ascontiguousarray(b3)
     fa, sa = _flat(a3)
     fb, sb = _flat(b3)
     fc, sc = _flat(c3)
