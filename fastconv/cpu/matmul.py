@@ -305,6 +305,89 @@ def _kernel(blocking):
         return _kernels[blocking]
 
 
+@numba.njit(**HELPER)
+def _pack_a(A, off, rs, cs, i0, rows, p0, depth, ap, mr, a_block):
+    """ap[panel*mr*depth + p*mr + i] = A[off + (i0 + panel*mr + i)*rs + (p0 + p)*cs],
+    rows past `rows` zero. a_block (a constant): rows transposed at a time by
+    `_transpose` where A's rows run along the depth, 0 for element by element."""
+    numba.literally(a_block)
+    lanes = 64 // A.itemsize
+    panels = -(-rows // mr)
+    for panel in range(panels):
+        height = min(mr, rows - panel * mr)
+        dst = ap[panel * mr * depth:(panel + 1) * mr * depth]
+        start = off + (i0 + panel * mr) * rs + p0 * cs
+        done = 0
+        if rs == 1:
+            # each step of the depth is `height` consecutive elements
+            for p in range(depth):
+                src = A[start + p * cs:start + p * cs + height]
+                row = dst[p * mr:(p + 1) * mr]
+                for i in range(height):
+                    row[i] = src[i]
+                for i in range(height, mr):
+                    row[i] = 0
+            continue
+        if a_block and cs == 1 and height == mr:
+            done = depth // lanes * lanes
+            for p in range(0, done, lanes):
+                _transpose(A, start + p, rs, dst, p * mr, lanes, a_block)
+        for i in range(height):
+            src = A[start + i * rs:]
+            for p in range(done, depth):
+                dst[p * mr + i] = src[p * cs]
+        for i in range(height, mr):
+            for p in range(depth):
+                dst[p * mr + i] = 0
+
+
+@numba.njit(**HELPER)
+def _pack_b(B, off, rs, cs, p0, depth, j0, cols, bp, vector_bytes, vectors,
+            vector_transpose):
+    """bp[panel*nr*depth + p*nr + j] = B[off + (p0 + p)*rs + (j0 + panel*nr + j)*cs],
+    columns past `cols` zero; nr is `vectors` (a constant) vectors of `vector_bytes`.
+    vector_transpose: whether to copy and transpose in 64-byte vectors."""
+    numba.literally(vectors)
+    lanes = 64 // B.itemsize
+    nr = vectors * vector_bytes // B.itemsize
+    panels = -(-cols // nr)
+    last = cols - (panels - 1) * nr
+    start = off + p0 * rs + j0 * cs
+    if cs == 1:
+        # row by row of B: its reads are sequential (panel by panel, each step of the
+        # depth would touch another page: 2.5x slower)
+        for p in range(depth):
+            for panel in range(panels):
+                width = nr if panel < panels - 1 else last
+                if vector_transpose:
+                    _copy_vectors(B, start + p * rs + panel * nr, bp,
+                                  panel * nr * depth + p * nr, width, vectors)
+                    continue
+                dst = bp[panel * nr * depth + p * nr:panel * nr * depth + (p + 1) * nr]
+                part = B[start + p * rs + panel * nr:start + p * rs + panel * nr + width]
+                for j in range(width):
+                    dst[j] = part[j]
+                for j in range(width, nr):
+                    dst[j] = 0
+        return
+    whole, done = 0, 0
+    if vector_transpose and rs == 1:
+        whole, done = cols // lanes * lanes, depth // lanes * lanes
+        for j in range(0, whole, lanes):
+            dst = bp[(j // nr) * nr * depth + j % nr:]
+            for p in range(0, done, lanes):
+                _transpose(B, start + j * cs + p, cs, dst, p * nr, nr, 0)
+    for j in range(cols):
+        src = B[start + j * cs:]
+        dst = bp[(j // nr) * nr * depth + j % nr:]
+        for p in range(done if j < whole else 0, depth):
+            dst[p * nr] = src[p * rs]
+    for j in range(last, nr):
+        dst = bp[(panels - 1) * nr * depth + j:]
+        for p in range(depth):
+            dst[p * nr] = 0
+
+
 def _make_kernel(blocking):
     vector_bytes, mr, vectors, kc, nc, mc = blocking
     # packing an operand whose rows run along the depth (W in W @ cols, cols in go @ cols.T)
@@ -312,82 +395,6 @@ def _make_kernel(blocking):
     # than element by element); MR rows at a time for A where MR is a power of two
     vector_transpose = vector_bytes == 64
     a_block = mr if vector_transpose and mr & (mr - 1) == 0 and mr <= 8 else 0
-
-    @numba.njit(**HELPER)
-    def pack_a(A, off, rs, cs, i0, rows, p0, depth, ap):
-        """ap[panel*mr*depth + p*mr + i] = A[off + (i0 + panel*mr + i)*rs + (p0 + p)*cs],
-        rows past `rows` zero."""
-        lanes = 64 // A.itemsize
-        panels = -(-rows // mr)
-        for panel in range(panels):
-            height = min(mr, rows - panel * mr)
-            dst = ap[panel * mr * depth:(panel + 1) * mr * depth]
-            start = off + (i0 + panel * mr) * rs + p0 * cs
-            done = 0
-            if rs == 1:
-                # each step of the depth is `height` consecutive elements
-                for p in range(depth):
-                    src = A[start + p * cs:start + p * cs + height]
-                    row = dst[p * mr:(p + 1) * mr]
-                    for i in range(height):
-                        row[i] = src[i]
-                    for i in range(height, mr):
-                        row[i] = 0
-                continue
-            if a_block and cs == 1 and height == mr:
-                done = depth // lanes * lanes
-                for p in range(0, done, lanes):
-                    _transpose(A, start + p, rs, dst, p * mr, lanes, a_block)
-            for i in range(height):
-                src = A[start + i * rs:]
-                for p in range(done, depth):
-                    dst[p * mr + i] = src[p * cs]
-            for i in range(height, mr):
-                for p in range(depth):
-                    dst[p * mr + i] = 0
-
-    @numba.njit(**HELPER)
-    def pack_b(B, off, rs, cs, p0, depth, j0, cols, bp):
-        """bp[panel*nr*depth + p*nr + j] = B[off + (p0 + p)*rs + (j0 + panel*nr + j)*cs],
-        columns past `cols` zero."""
-        lanes = 64 // B.itemsize
-        nr = vectors * vector_bytes // B.itemsize
-        panels = -(-cols // nr)
-        last = cols - (panels - 1) * nr
-        start = off + p0 * rs + j0 * cs
-        if cs == 1:
-            # row by row of B: its reads are sequential (panel by panel, each step of the
-            # depth would touch another page: 2.5x slower)
-            for p in range(depth):
-                for panel in range(panels):
-                    width = nr if panel < panels - 1 else last
-                    if vector_transpose:
-                        _copy_vectors(B, start + p * rs + panel * nr, bp,
-                                      panel * nr * depth + p * nr, width, vectors)
-                        continue
-                    dst = bp[panel * nr * depth + p * nr:panel * nr * depth + (p + 1) * nr]
-                    part = B[start + p * rs + panel * nr:start + p * rs + panel * nr + width]
-                    for j in range(width):
-                        dst[j] = part[j]
-                    for j in range(width, nr):
-                        dst[j] = 0
-            return
-        whole, done = 0, 0
-        if vector_transpose and rs == 1:
-            whole, done = cols // lanes * lanes, depth // lanes * lanes
-            for j in range(0, whole, lanes):
-                dst = bp[(j // nr) * nr * depth + j % nr:]
-                for p in range(0, done, lanes):
-                    _transpose(B, start + j * cs + p, cs, dst, p * nr, nr, 0)
-        for j in range(cols):
-            src = B[start + j * cs:]
-            dst = bp[(j // nr) * nr * depth + j % nr:]
-            for p in range(done if j < whole else 0, depth):
-                dst[p * nr] = src[p * rs]
-        for j in range(last, nr):
-            dst = bp[(panels - 1) * nr * depth + j:]
-            for p in range(depth):
-                dst[p * nr] = 0
 
     @numba.njit(**KERNEL)
     def packed_gemm(A, B, C, shape, a_strides, b_strides, c_strides, parts_m, parts_n,
@@ -414,11 +421,13 @@ def _make_kernel(blocking):
                 width = min(nc, n1 - jc)
                 for pc in range(0, k, kc):
                     depth = min(kc, k - pc)
-                    pack_b(B, e * b_bs, b_rs, b_cs, pc, depth, jc, width, bp)
+                    _pack_b(B, e * b_bs, b_rs, b_cs, pc, depth, jc, width, bp, vector_bytes,
+                            vectors, vector_transpose)
                     add = accumulate or pc > 0
                     for ic in range(m0, m1, mc):
                         height = min(mc, m1 - ic)
-                        pack_a(A, e * a_bs, a_rs, a_cs, ic, height, pc, depth, ap)
+                        _pack_a(A, e * a_bs, a_rs, a_cs, ic, height, pc, depth, ap, mr,
+                                a_block)
                         for ir in range(0, height, mr):
                             for jr in range(0, width, nr):
                                 _micro_kernel(ap, ir * depth, bp, jr * depth, C,
