@@ -157,3 +157,15 @@ def test_im2col_on_own_gemm_matches_reference(case, monkeypatch):
         assert_close(gw, reference.conv2d_grad_weight(go, x, w.shape, s, p, d, case["groups"]),
                      dtype)
     assert calls or 0 in x.shape or 0 in w.shape
+
+
+@pytest.mark.parametrize("work", [10, 10**6])
+def test_gemm_dispatch_writes_and_accumulates(work, monkeypatch):
+    """`gemm` gives the same results on either side of the rule's threshold."""
+    monkeypatch.setattr(mm, "BLAS_SINGLE_THREAD_WORK", work)
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((20, 30)), rng.standard_normal((30, 40)).T.copy().T
+    out = np.full((20, 40), np.nan)
+    np.testing.assert_allclose(mm.gemm(a, b, out), a @ b, rtol=1e-12)
+    np.testing.assert_allclose(mm.gemm(a, b, out, accumulate=True), 2 * (a @ b), rtol=1e-12)
+    assert mm.own_gemm_wins(1, 20, 40, 30, np.float64) == (mm.HOST is not None and work < 24000)

@@ -25,8 +25,9 @@ past M not stored). Depth blocks after the first add to C (as does `accumulate=T
 
 Packing reads the operands through strides, so a transposed operand (``W.T``, ``cols.T``)
 costs no copy, and a batch of GEMMs is one call (batch strides, 0 for a shared operand).
-Work items are split so that every thread has one per batch element: along the longer
-of M and N (the other operand is then packed once per part).
+Work items (batch elements, each split into parts) divide evenly among the threads; a
+batch element is split along the longer of M and N (the other operand is then packed once
+per part).
 
 Block sizes are data (`Blocking`, chosen per CPU and dtype by `host_blocking`; how they
 were tuned: docs/tuning.md). Where the CPU has neither AVX-512 nor AVX2 + FMA,
@@ -67,9 +68,12 @@ def host_blocking(features=None):
     """{dtype: Blocking} for a CPU with these features (`gemm.target_features()` by
     default), or None without AVX-512 or AVX2 + FMA.
 
-    AVX-512 (32 registers of 64 bytes): 12 x 2 vectors, 24 accumulators + 2 loads + a
-    broadcast; kc so that an A micro-panel takes 18 KiB of the 48 KiB L1d, nc so that the
-    B block takes ~1.1 MiB of the 2 MiB L2 (Sapphire Rapids; measured, docs/tuning.md).
+    AVX-512 (32 registers of 64 bytes): 8 rows x 3 vectors, 24 accumulators + 3 loads + a
+    broadcast. MR = 8 divides the usual channel counts (no padded rows; 12 x 2 measured
+    3-10% slower at M = 32 and 64) and lets A's packing transpose 8 rows at a time. float32
+    kc = 384: an A micro-panel takes 12 KiB of the 48 KiB L1d, and the B block (kc x nc)
+    1.1 MiB of the 2 MiB L2; float64 kc = 192, the same bytes (384: 10-20% slower).
+    Measured on Sapphire Rapids (docs/tuning.md).
     AVX2 + FMA (16 registers of 32 bytes): 6 x 2 (not measured on such a CPU)."""
     if features is None:
         features = target_features()
