@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-import fastconv  # noqa: F401
+import fastconv  # noqa: F401  (as users import it: sets the thread policies)
 from fastconv.cpu import matmul as mm
 
 SHAPES = [(32, 144, 2048), (128, 1152, 6272), (512, 4608, 392), (128, 576, 6272),

@@ -432,12 +432,12 @@ def _make_kernel(blocking):
                         height = min(mc, m1 - ic)
                         _pack_a(A, e * a_bs, a_rs, a_cs, ic, height, pc, depth, ap, mr,
                                 a_block)
-                        for ir in range(0, height, mr):
-                            for jr in range(0, width, nr):
-                                _micro_kernel(ap, ir * depth, bp, jr * depth, C,
-                                              e * c_bs + (ic + ir) * c_rs + jc + jr, c_rs,
-                                              depth, min(mr, height - ir),
-                                              min(nr, width - jr), add,
+                        for row in range(0, height, mr):
+                            for col in range(0, width, nr):
+                                _micro_kernel(ap, row * depth, bp, col * depth, C,
+                                              e * c_bs + (ic + row) * c_rs + jc + col, c_rs,
+                                              depth, min(mr, height - row),
+                                              min(nr, width - col), add,
                                               vector_bytes, mr, vectors)
 
     return packed_gemm
@@ -509,8 +509,8 @@ def matmul(a, b, out=None, accumulate=False, blocking=None):
 
     a (M, K) or (E, M, K), b (K, N) or (E, K, N) of one float dtype, any strides (a
     transposed view costs no copy); out (M, N) or (E, M, N) with unit column stride, not
-    overlapping a or b, allocated when None. A 2-D operand is shared by every batch element. `blocking`
-    defaults to the host's (`HOST`); without one, np.matmul runs.
+    overlapping a or b, allocated when None. A 2-D operand is shared by every batch
+    element. `blocking` defaults to the host's (`HOST`); without one, np.matmul runs.
 
     >>> import numpy as np
     >>> from fastconv.cpu.matmul import matmul
