@@ -39,7 +39,8 @@ def _check(a, b, out, accumulate=False, blocking=None, start=None):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 7, 1), (3, 1, 5), (7, 5, 15), (8, 16, 48),
-                                   (9, 33, 49), (17, 64, 100), (40, 100, 97), (25, 19, 130)])
+                                   (9, 33, 49), (17, 64, 100), (40, 100, 97), (25, 19, 130),
+                                   (5, 9, 70)])
 def test_matches_float64_matmul(blocking, dtype, ta, tb, m, k, n):
     rng = np.random.default_rng(m * 1000 + k * 10 + n)
     a = _operand(rng, (m, k), dtype, ta)

@@ -96,23 +96,24 @@ def _literal(value, name):
 
 
 @intrinsic
-def _micro_kernel(typingctx, AP, ap_off, BP, bp_off, C, c_off, ldc, depth, rows, cols,
+def _micro_kernel(typingctx, AP, ap_off, BP, bp_off, ldb, C, c_off, ldc, depth, rows, cols,
                   accumulate, vector_bytes, tile_rows, tile_vectors):
-    """C[c_off + i*ldc + j] (+)= sum_p AP[ap_off + p*MR + i] * BP[bp_off + p*NR + j] for
-    i < rows, j < cols; AP and BP are packed panels (BP's at a multiple of vector_bytes)."""
+    """C[c_off + i*ldc + j] (+)= sum_p AP[ap_off + p*MR + i] * BP[bp_off + p*ldb + j] for
+    i < rows, j < cols <= tile_vectors * lanes; AP and BP are packed panels (BP's at a
+    multiple of vector_bytes, ldb too)."""
     vbytes = _literal(vector_bytes, "vector_bytes")
     mr = _literal(tile_rows, "tile_rows")
     nv = _literal(tile_vectors, "tile_vectors")
-    sig = types.void(AP, types.intp, BP, types.intp, C, types.intp, types.intp, types.intp,
-                     types.intp, types.intp, types.boolean, vector_bytes, tile_rows,
-                     tile_vectors)
+    sig = types.void(AP, types.intp, BP, types.intp, types.intp, C, types.intp, types.intp,
+                     types.intp, types.intp, types.intp, types.boolean, vector_bytes,
+                     tile_rows, tile_vectors)
 
     def codegen(context, builder, signature, args):
-        ap_arr, ap_off, bp_arr, bp_off, c_arr, c_off, ldc, depth, rows, cols, accum = args[:11]
+        ap_arr, ap_off, bp_arr, bp_off, ldb, c_arr, c_off, ldc, depth, rows, cols, accum = \
+            args[:12]
         scalar = context.get_value_type(signature.args[0].dtype)
         size = context.get_abi_sizeof(scalar)
         lanes = vbytes // size
-        nr = nv * lanes
         vec = ir.VectorType(scalar, lanes)
         vec_ptr = vec.as_pointer()
         i32, intp = ir.IntType(32), context.get_value_type(types.intp)
@@ -143,12 +144,12 @@ def _micro_kernel(typingctx, AP, ap_off, BP, bp_off, C, c_off, ldc, depth, rows,
             return builder.shuffle_vector(
                 one, one, ir.Constant(ir.VectorType(i32, count), [0] * count))
 
-        a_base, b_base, c_base = data(0, ap_off), data(2, bp_off), data(4, c_off)
+        a_base, b_base, c_base = data(0, ap_off), data(2, bp_off), data(5, c_off)
         zero = ir.Constant(vec, [0.0] * lanes)
         acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)]
                for _ in range(mr)]
         with cgutils.for_range(builder, depth) as loop:
-            b_row = builder.gep(b_base, [builder.mul(loop.index, const(nr))], inbounds=True)
+            b_row = builder.gep(b_base, [builder.mul(loop.index, ldb)], inbounds=True)
             a_row = builder.gep(a_base, [builder.mul(loop.index, const(mr))], inbounds=True)
             loaded = [builder.load(builder.bitcast(
                 builder.gep(b_row, [const(j * lanes)], inbounds=True), vec_ptr), align=vbytes)
@@ -407,7 +408,8 @@ def _make_kernel(blocking):
         a_bs, a_rs, a_cs = a_strides
         b_bs, b_rs, b_cs = b_strides
         c_bs, c_rs = c_strides
-        nr = vectors * vector_bytes // C.itemsize
+        lanes = vector_bytes // C.itemsize
+        nr = vectors * lanes
         m_step = -(-(-(-m // mr)) // parts_m) * mr
         n_step = -(-(-(-n // nr)) // parts_n) * nr
         for item in prange(batch * parts_m * parts_n):
@@ -433,12 +435,24 @@ def _make_kernel(blocking):
                         _pack_a(A, e * a_bs, a_rs, a_cs, ic, height, pc, depth, ap, mr,
                                 a_block)
                         for row in range(0, height, mr):
+                            rows = min(mr, height - row)
                             for col in range(0, width, nr):
-                                _micro_kernel(ap, row * depth, bp, col * depth, C,
-                                              e * c_bs + (ic + row) * c_rs + jc + col, c_rs,
-                                              depth, min(mr, height - row),
-                                              min(nr, width - col), add,
-                                              vector_bytes, mr, vectors)
+                                cols = min(nr, width - col)
+                                c_off = e * c_bs + (ic + row) * c_rs + jc + col
+                                # the last panel of a narrow C (7x7 images: 49 columns)
+                                # by a narrower tile: fewer padded columns computed
+                                if cols <= lanes and vectors > 1:
+                                    _micro_kernel(ap, row * depth, bp, col * depth, nr, C,
+                                                  c_off, c_rs, depth, rows, cols, add,
+                                                  vector_bytes, mr, 1)
+                                elif cols <= 2 * lanes and vectors > 2:
+                                    _micro_kernel(ap, row * depth, bp, col * depth, nr, C,
+                                                  c_off, c_rs, depth, rows, cols, add,
+                                                  vector_bytes, mr, 2)
+                                else:
+                                    _micro_kernel(ap, row * depth, bp, col * depth, nr, C,
+                                                  c_off, c_rs, depth, rows, cols, add,
+                                                  vector_bytes, mr, vectors)
 
     return packed_gemm
 
