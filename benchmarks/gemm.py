@@ -4,8 +4,8 @@ Both run in this process, interleaved round by round (the minimum of each over t
 is kept, so a load spike on a shared machine favours neither), on the operand layouts
 im2col uses: forward W @ cols, grad_input W^T @ go, grad_weight go @ cols^T.
 
-    python benchmarks/gemm.py [--rounds 5] [--dtype float32] [--layout nn,tn,nt]
-        [--blocking 64,12,2,384,768,768]
+    python benchmarks/gemm.py [--rounds 5] [--dtype float32] [--layout nn,gi,gw]
+        [--blocking 64,8,3,384,768,768] [--cpu-time] [--only np|ours]
 
 Prints GFLOP/s and the ratio ours / np.matmul (>1: ours faster), with the CPU model.
 """
@@ -62,6 +62,9 @@ def main():
     parser.add_argument("--cpu-time", action="store_true",
                         help="time by the thread's CPU time (one thread only: numba and "
                              "OpenBLAS then run in the caller; robust to other load)")
+    parser.add_argument("--only", choices=["np", "ours"], default=None,
+                        help="time one side only (run the two in processes of their own: "
+                             "after np.matmul OpenBLAS's threads spin and slow numba's)")
     parser.add_argument("--shapes", default=None, help="m,k,n;m,k,n;...")
     args = parser.parse_args()
     dtype = np.dtype(args.dtype)
@@ -89,8 +92,11 @@ def main():
             err = abs(out - ref).max() / max(1.0, abs(ref).max())
             t_np = t_ours = 1e9
             for _ in range(args.rounds):
-                t_np = min(t_np, best(lambda: np.matmul(a, b, out=out)))
-                t_ours = min(t_ours, best(lambda: mm.matmul(a, b, out=out, blocking=blocking)))
+                if args.only != "ours":
+                    t_np = min(t_np, best(lambda: np.matmul(a, b, out=out)))
+                if args.only != "np":
+                    t_ours = min(t_ours, best(lambda: mm.matmul(a, b, out=out,
+                                                                blocking=blocking)))
             flop = 2 * m * k * n
             print(f"{layout} {m}x{k} @ {k}x{n}: np.matmul {flop / t_np / 1e9:6.0f} "
                   f"ours {flop / t_ours / 1e9:6.0f} GFLOP/s  ratio {t_np / t_ours:.2f}  "
