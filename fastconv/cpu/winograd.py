@@ -16,7 +16,7 @@ tile element e, over all T tiles at once. The steps:
 2. input transform   V = B^T d B            numba, parallel over channels (over tiles
                                             in the channels-last kernel)
 3. alpha^2 GEMMs     M = U @ V              (alpha^2, K, C) @ (alpha^2, C, T): gemm.py's
-                                            micro-kernel, or np.matmul (OpenBLAS) where
+                                            micro-kernel, or matmul.gemm (packed) where
                                             gemm.tile_for says it is faster
 4. output transform  Y = A^T M A (+ bias)   numba, parallel over output channels
 
@@ -37,7 +37,7 @@ import numpy as np
 
 from ..config import config
 from ..winograd_transforms import winograd_matrices
-from . import direct, gemm
+from . import direct, gemm, matmul
 from . import winograd_cache as cache
 from ._common import bias_or_zeros, grad_input_as_forward
 from .winograd_cache import release_workspace, transform_filter, weights_repeat
@@ -137,14 +137,14 @@ def _multiply(U, V, M, groups):
     if c_per_group * k_per_group > 1 and tile is not None and U.dtype == V.dtype:
         gemm.batched_matmul(U, V, M, groups, tile)
     elif groups == 1:
-        np.matmul(U, V, out=M)
+        matmul.gemm(U, V, M)
     elif c_per_group == 1 and k_per_group == 1:     # depthwise: elementwise
         np.multiply(U, V, out=M)
     else:
         for g in range(groups):
             ks = slice(g * k_per_group, (g + 1) * k_per_group)
             cs = slice(g * c_per_group, (g + 1) * c_per_group)
-            M[:, ks] = np.matmul(U[:, ks], V[:, cs])
+            matmul.gemm(U[:, ks], V[:, cs], M[:, ks])
 
 
 def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw, tile=DEFAULT_TILE,
@@ -254,10 +254,9 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
         for g in range(groups):
             ks = slice(g * k_per_group, (g + 1) * k_per_group)
             cs = slice(g * c_per_group, (g + 1) * c_per_group)
-            if row0 == 0:       # the first chunk writes dW, later ones add to it
-                np.matmul(u_go[:, ks], v[:, cs].transpose(0, 2, 1), out=dW[:, ks])
-            else:
-                dW[:, ks] += np.matmul(u_go[:, ks], v[:, cs].transpose(0, 2, 1))
+            # the first chunk writes dW, later ones add to it
+            matmul.gemm(u_go[:, ks], v[:, cs].transpose(0, 2, 1), dW[:, ks],
+                        accumulate=row0 > 0)
     # grad_weight[k, c, p, q] = sum_ab A^T[p, a] dW[a, b, k, c] A^T[q, b]: two GEMMs
     # that copy nothing (dW is dropped before the second, so no more than dW and one
     # array of its size are held, as `_grad_weight_reserved_bytes` counts)
