@@ -1,4 +1,4 @@
-"""im2col convolution: pack patches into a bounded workspace, then BLAS GEMM.
+"""im2col convolution: pack patches into a bounded workspace, then a GEMM.
 
 Backend contract: docs/internals.md. The work is split into tiles of the output
 (a chunk of whole images; or, when one image's columns do not fit, a block of
@@ -31,6 +31,7 @@ from numba import prange
 
 from ..config import config
 from . import direct
+from .matmul import gemm
 from ._common import HELPER, KERNEL, copy, readonly, valid_range
 
 # --------------------------------------------------------------------------
@@ -313,8 +314,7 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
         x3 = x.reshape(n, c_in, -1)
         out3 = out.reshape(n, k_out, -1)
         for g in range(groups):
-            np.matmul(w2[g * kg:(g + 1) * kg], x3[:, g * cg:(g + 1) * cg],
-                      out=out3[:, g * kg:(g + 1) * kg])
+            gemm(w2[g * kg:(g + 1) * kg], x3[:, g * cg:(g + 1) * cg], out3[:, g * kg:(g + 1) * kg])
         if bias is not None:
             out3 += bias[None, :, None]
         return out
@@ -334,16 +334,15 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, out_hw):
             # one GEMM per image, written straight into the output (no unpacking)
             per_image = cols.transpose(1, 0, 2)
             for g in range(groups):
-                np.matmul(w2[g * kg:(g + 1) * kg], per_image[:, g * rg:(g + 1) * rg],
-                          out=out3[n0:n0 + nb, g * kg:(g + 1) * kg])
+                gemm(w2[g * kg:(g + 1) * kg], per_image[:, g * rg:(g + 1) * rg],
+                     out3[n0:n0 + nb, g * kg:(g + 1) * kg])
             if bias is not None:
                 out3[n0:n0 + nb] += bias[:, None]
             continue
         cols2 = cols.reshape(rows, nb * th * tw)
         buf2 = out3[n0] if buf is None else buf.reshape(k_out, nb * th * tw)
         for g in range(groups):
-            np.matmul(w2[g * kg:(g + 1) * kg], cols2[g * rg:(g + 1) * rg],
-                      out=buf2[g * kg:(g + 1) * kg])
+            gemm(w2[g * kg:(g + 1) * kg], cols2[g * rg:(g + 1) * rg], buf2[g * kg:(g + 1) * kg])
         if buf is not None:
             _unpack(buf, bias, out, n0, i0, j0, th, tw)
         elif bias is not None:
@@ -364,8 +363,8 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, 
         gi3 = gi.reshape(n, c_in, -1)
         go3 = grad_out.reshape(n, k_out, -1)
         for g in range(groups):
-            np.matmul(w2[g * kg:(g + 1) * kg].T, go3[:, g * kg:(g + 1) * kg],
-                      out=gi3[:, g * cg:(g + 1) * cg])
+            gemm(w2[g * kg:(g + 1) * kg].T, go3[:, g * kg:(g + 1) * kg],
+                 gi3[:, g * cg:(g + 1) * cg])
         return gi
     tile = plan_tiles(n, c_in, k_out, (kh, kw), out_hw, dtype.itemsize)
     if tile is None:
@@ -382,8 +381,7 @@ def conv2d_grad_input(grad_out, weight, input_shape, stride, padding, dilation, 
         buf2 = _grad_out_operand(go3, gor, buf, n0, i0, j0, th, tw)
         dcols2 = dcols.reshape(rows, nb * th * tw)
         for g in range(groups):
-            np.matmul(w2[g * kg:(g + 1) * kg].T, buf2[g * kg:(g + 1) * kg],
-                      out=dcols2[g * rg:(g + 1) * rg])
+            gemm(w2[g * kg:(g + 1) * kg].T, buf2[g * kg:(g + 1) * kg], dcols2[g * rg:(g + 1) * rg])
         _col2im(readonly(dcols), gi, n0, i0, j0, th, tw, kh, kw, *geometry)
     return gi
 
@@ -398,14 +396,13 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
     dtype = x.dtype
     gw = np.zeros(tuple(weight_shape), dtype=dtype)
     gw2 = gw.reshape(k_out, rg)
-    partial = np.empty((kg, rg), dtype=dtype)
     if _is_pointwise((kh, kw), stride, padding):
         x3 = x.reshape(n, c_in, -1)
         go3 = grad_out.reshape(n, k_out, -1)
         for g in range(groups):
             for i in range(n):
-                np.matmul(go3[i, g * kg:(g + 1) * kg], x3[i, g * cg:(g + 1) * cg].T, out=partial)
-                gw2[g * kg:(g + 1) * kg] += partial
+                gemm(go3[i, g * kg:(g + 1) * kg], x3[i, g * cg:(g + 1) * cg].T,
+                     gw2[g * kg:(g + 1) * kg], accumulate=True)
         return gw
     tile = plan_tiles(n, c_in, k_out, (kh, kw), out_hw, dtype.itemsize)
     if tile is None:
@@ -422,6 +419,6 @@ def conv2d_grad_weight(grad_out, x, weight_shape, stride, padding, dilation, gro
         buf2 = _grad_out_operand(go3, gor, buf, n0, i0, j0, th, tw)
         cols2 = cols.reshape(rows, nb * th * tw)
         for g in range(groups):
-            np.matmul(buf2[g * kg:(g + 1) * kg], cols2[g * rg:(g + 1) * rg].T, out=partial)
-            gw2[g * kg:(g + 1) * kg] += partial
+            gemm(buf2[g * kg:(g + 1) * kg], cols2[g * rg:(g + 1) * rg].T,
+                 gw2[g * kg:(g + 1) * kg], accumulate=True)
     return gw
