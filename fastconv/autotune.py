@@ -20,7 +20,7 @@ WINOGRAD_MIN_CHANNELS_CUDA = 32        # a guess until measured on a GPU: docs/t
 WINOGRAD_MIN_PIXELS = 1024
 # Less work than this (2 x multiply-adds) runs on one thread: waking numba's idle
 # threads costs more than they save (docs/tuning.md).
-SERIAL_BELOW_FLOPS = 2**22
+SERIAL_BELOW_FLOPS = 2**24
 # 3x3 kernels also need enough GEMM work (groups * C_in/g * C_out/g * pixels); 5x5
 # kernels save 6.25x the multiplies and keep only the two thresholds above.
 WINOGRAD_MIN_WORK_3X3 = 2**22
