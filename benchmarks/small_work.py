@@ -11,8 +11,8 @@ did first:
     torch-first       import torch, then fastconv
     torch-interleaved torch first, and a torch convolution before each fastconv call
 
-The driver sends one case at a time to one process, so the processes take turns and
-no one's threads slow another's. A process times a case in steady state (several
+The driver sends one case at a time to one process, with a pause between turns, so the
+processes take turns and no one's threads slow another's. A process times a case in steady state (several
 calls in a row, after a warm-up) and the driver keeps the minimum over rounds. The
 report gives each time, its ratio to PyTorch and to fastconv-first, and the CPU model.
 """
@@ -27,6 +27,9 @@ import sys
 import time
 
 PROCESSES = ("torch", "fastconv-first", "numpy-first", "torch-first", "torch-interleaved")
+# Between turns: the idle OpenMP threads of the process that just ran (torch's spin
+# for several ms after its last op) must not take the cores from the next one.
+COOL_DOWN_S = 0.05
 CALLS_PER_SAMPLE = {"tiny": 200, "small": 20, "step": 10, "resnet": 3}
 
 
@@ -197,6 +200,7 @@ def main(argv=None):
                 proc.stdin.write(name + "\n")
                 reply = json.loads(proc.stdout.readline())
                 best[kind, name] = min(best[kind, name], reply["s"])
+                time.sleep(COOL_DOWN_S)
     for proc in procs.values():
         proc.stdin.close()
         proc.wait()

@@ -181,6 +181,20 @@ def _call(module, name, arrays, *args, work, **options):
         return jitcache.call(function, *args)
 
 
+def _matmul(a, b):
+    """a @ b for the layers (`nn.Linear`): 2-D NumPy float arrays of one dtype on
+    fastconv's GEMM (`fastconv.cpu.matmul.gemm`), so that no layer wakes OpenBLAS's
+    threads against numba's; other arrays (CuPy) through `@`."""
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.ndim == b.ndim == 2
+            and a.dtype == b.dtype and a.dtype in checks.FLOAT_DTYPES
+            and a.shape[1] == b.shape[0]):
+        return a @ b
+    from .cpu import matmul
+    out = np.empty((a.shape[0], b.shape[1]), a.dtype)
+    with cpu_slot(cpu_threads(2 * a.shape[0] * a.shape[1] * b.shape[1])):
+        return matmul.gemm(a, b, out)
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
            algorithm="auto"):
     """2-D cross-correlation, exactly `torch.nn.functional.conv2d`.

@@ -882,7 +882,7 @@ class Linear(Module):
             raise TypeError(
                 f"{self!r} has {np.dtype(self.weight.data.dtype)} parameters, got a "
                 f"{np.dtype(x.dtype)} input; cast one of them")
-        y = x @ self.weight.data.T
+        y = F._matmul(x, self.weight.data.T)
         if self.bias is not None:
             y += self.bias.data
         self._x = _SavedInput(x)
@@ -893,10 +893,10 @@ class Linear(Module):
         grad_out = _check_grad_out(grad_out, self._spec, "Linear")
         x = self._x.get("Linear")
         if self.weight.requires_grad:
-            self.weight.accumulate(grad_out.T @ x)
+            self.weight.accumulate(F._matmul(grad_out.T, x))
         if self.bias is not None and self.bias.requires_grad:
             self.bias.accumulate(grad_out.sum(axis=0))
-        return grad_out @ self.weight.data
+        return F._matmul(grad_out, self.weight.data)
 
     def output_shape(self, input_shape):
         shape = _input_shape(input_shape)

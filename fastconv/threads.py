@@ -1,9 +1,9 @@
 """numba's CPU threads: their OpenMP runtime, and sharing them between callers.
 
-At import, numba's OpenMP layer is bound to a libgomp that sleeps when idle, even
-when torch has loaded a libgomp of its own first (`_bind_numba_openmp`);
-`openmp_runtimes` and `contention` tell `python -m fastconv info` what is loaded
-and what will slow fastconv down.
+At import, numba's OpenMP layer is loaded with a short spin of its idle threads, the
+one OpenMP runtime of the process (`_load_numba_openmp`); `openmp_runtimes` and
+`contention` tell `python -m fastconv info` what is loaded and what will slow
+fastconv down.
 
 Two hazards when fastconv is called from many Python threads at once:
 - numba's fallback `workqueue` threading layer (used when neither OpenMP nor
@@ -20,17 +20,22 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import sys
 import threading
 
-# numba's `omp` threading layer is GNU libgomp, whose idle workers spin for
-# ~300k pause instructions (several ms on Zen4) after every parallel region.
-# im2col and Winograd follow each numba kernel with a multi-threaded BLAS GEMM,
-# which those spinning threads slow by ~50% (measured). So, unless the user
-# chose otherwise, idle OpenMP threads sleep. This must happen before numba
-# starts its thread pool, hence here, at `import fastconv`.
+# numba's `omp` threading layer is GNU libgomp. After a parallel region its idle
+# threads spin for GOMP_SPINCOUNT pause instructions, then sleep: 300000 by default
+# (~16 ms on the Intel kind), none with OMP_WAIT_POLICY=PASSIVE. Woken from sleep,
+# they cost ~40 us per kernel (a small layer 1.7x slower); spinning long, they take
+# the cores from other thread pools (OpenBLAS's, in the user's NumPy code). A short
+# spin serves the kernels of one call and of consecutive layers (docs/tuning.md).
+# fastconv's own GEMMs are numba kernels (cpu/matmul.py), so no OpenBLAS pool runs
+# inside a call. libgomp reads these variables once, when it loads: hence here, at
+# `import fastconv`; a policy the user chose is kept.
+SPIN_COUNT = 30000
 USER_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+USER_SPIN_COUNT = os.environ.get("GOMP_SPINCOUNT")
+if USER_WAIT_POLICY is None and USER_SPIN_COUNT is None:
+    os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
 
 import numba  # noqa: E402
 
@@ -53,50 +58,34 @@ def _foreign_openmp_loaded() -> bool:
     return any("libgomp" in os.path.basename(p) for p in openmp_runtimes())
 
 
-def _bind_numba_openmp():
-    """Load numba's OpenMP threading layer now, on a libgomp that reads the wait
-    policy above.
-
-    libgomp reads OMP_WAIT_POLICY once, when it loads. If torch was imported first,
-    its libgomp is in the process's global symbol scope, and numba's layer would bind
-    to it: numba's threads then spin after every kernel and take the cores from the
-    BLAS and torch threads that run next (a small layer 5x slower, a training step
-    11x: docs/performance.md). RTLD_DEEPBIND makes the layer resolve OpenMP in its
-    own dependency, a libgomp loaded now with the passive policy. Without a foreign
-    libgomp the layer loads normally, and a libgomp loaded later reuses this one."""
+def _load_numba_openmp():
+    """Load numba's OpenMP threading layer now, so that the libgomp it brings reads the
+    spin count above, and one OpenMP runtime serves the whole process: a libgomp
+    loaded later (torch's) reuses this one. If torch was imported first, numba's layer
+    binds to torch's libgomp, which is in the global symbol scope: one team of threads
+    then runs torch's ops and fastconv's kernels in turn, with no second team spinning
+    against it (docs/performance.md, "Thread pools")."""
     if numba.config.THREADING_LAYER not in ("default", "omp", "threadsafe", "forksafe"):
         return  # the user chose another layer
-    if "numba.np.ufunc.omppool" in sys.modules:
-        return  # numba has loaded it already: too late to choose
-    deep = getattr(os, "RTLD_DEEPBIND", 0) if _foreign_openmp_loaded() else 0
-    flags = sys.getdlopenflags()
-    sys.setdlopenflags(flags | deep)
     try:
         importlib.import_module("numba.np.ufunc.omppool")
     except ImportError:
         pass  # no OpenMP build of numba: it falls back to tbb or workqueue
-    finally:
-        sys.setdlopenflags(flags)
 
 
-NUMBA_OPENMP_WAS_LOADED = "numba.np.ufunc.omppool" in sys.modules
 FOREIGN_OPENMP_AT_IMPORT = _foreign_openmp_loaded()
-_bind_numba_openmp()
+_load_numba_openmp()
 
 
 def contention() -> list[str]:
     """What will make other threads in this process compete with fastconv's kernels."""
     warnings = []
-    if NUMBA_OPENMP_WAS_LOADED and len(openmp_runtimes()) > 1:
+    if FOREIGN_OPENMP_AT_IMPORT and USER_WAIT_POLICY is None and USER_SPIN_COUNT is None:
         warnings.append(
-            "numba's OpenMP layer was loaded before fastconv, so it may run on another "
-            "library's libgomp and inherit its wait policy; import fastconv earlier")
-    if FOREIGN_OPENMP_AT_IMPORT and (USER_WAIT_POLICY or "").upper() != "PASSIVE":
-        warnings.append(
-            "another OpenMP runtime (torch's) was loaded before fastconv with its idle "
-            "threads spinning: after each of its parallel ops they take a core from "
-            "fastconv's next kernel for a while; OMP_WAIT_POLICY=PASSIVE set before "
-            "importing torch avoids it")
+            "another library (torch) loaded its OpenMP runtime before fastconv, and "
+            "fastconv's kernels share its threads, which spin for ~16 ms after each "
+            "parallel region and slow NumPy's OpenBLAS products that follow; "
+            f"GOMP_SPINCOUNT={SPIN_COUNT} set before importing torch shortens it")
     import fastconv
     if not fastconv.BLAS_WAIT_SET_BEFORE_NUMPY:
         warnings.append(
