@@ -18,9 +18,10 @@ WINOGRAD_MIN_CHANNELS_CUDA = 32        # a guess until measured on a GPU: docs/t
 # Fewer pixels (N * out_h * out_w): the per-call filter transform dominates
 # (8x512x7x7 measured), unless the filter is kept (KEPT_FILTER_* below).
 WINOGRAD_MIN_PIXELS = 1024
-# Less work than this (2 x multiply-adds) runs on one thread: waking numba's idle
-# threads costs more than they save (docs/tuning.md).
-SERIAL_BELOW_FLOPS = 2**24
+# Less work than this (2 x multiply-adds) runs on one thread: waking numba's threads
+# from sleep costs more than they save, and while they spin one thread loses little
+# (docs/tuning.md).
+SERIAL_BELOW_FLOPS = 2**20
 # 3x3 kernels also need enough GEMM work (groups * C_in/g * C_out/g * pixels); 5x5
 # kernels save 6.25x the multiplies and keep only the two thresholds above.
 WINOGRAD_MIN_WORK_3X3 = 2**22
