@@ -8,7 +8,7 @@ from fastconv import reference
 from fastconv.cpu import winograd, winograd_cache
 from fastconv.shapes import conv_geometry
 
-from .conftest import assert_close
+from ..conftest import assert_close
 
 TILES = [2, 4]
 KERNELS = [3, 5]      # kernel sizes the backend serves (5x5 through `auto` only)

@@ -14,7 +14,7 @@ import fastconv as fc
 from fastconv import reference
 from fastconv.shapes import conv_geometry, pool_geometry
 
-from .conftest import assert_close
+from ..conftest import assert_close
 from .test_conv_cpu import (ALGORITHMS, CASES, DTYPES, VARIANTS, _case_id, _data, _geometry,
                             _kwargs, _use_variant)
 

@@ -15,7 +15,7 @@ from fastconv import reference
 from fastconv.cpu import direct, im2col
 from fastconv.shapes import conv_geometry
 
-from .conftest import assert_close
+from ..conftest import assert_close
 
 ALGORITHMS = ["direct", "im2col"]
 DTYPES = [np.float32, np.float64]

@@ -1,6 +1,6 @@
 """`conv_transpose2d` and its gradients against the float64 references (and torch).
 
-The grid is conv2d's (tests/test_conv_cpu.py): each case's weight is read in the
+The grid is conv2d's (tests/cpu/test_conv_cpu.py): each case's weight is read in the
 transposed layout (C_in, C_out // groups, kH, kW) and its input is the conv2d's output,
 so the transposed output is about the conv2d input's size. "same" becomes its explicit
 padding (asymmetric for even kernels: a fastconv extension, the adjoint of that
@@ -18,9 +18,9 @@ import fastconv as fc
 from fastconv import nn, reference
 from fastconv.shapes import conv_geometry, conv_transpose_geometry
 
-from .conftest import assert_close
+from ..conftest import assert_close
 from .test_conv_cpu import CASES, DTYPES, VARIANTS, _use_variant
-from .test_properties import LAYOUTS, with_layout
+from ..test_properties import LAYOUTS, with_layout
 
 
 def _transposed_case(index, case):

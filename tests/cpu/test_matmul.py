@@ -134,7 +134,7 @@ def test_transpose_stages_move_every_element():
 from fastconv import reference  # noqa: E402
 import fastconv as fc  # noqa: E402
 
-from .conftest import assert_close  # noqa: E402
+from ..conftest import assert_close  # noqa: E402
 from .test_conv_cpu import CASES, DTYPES, _case_id, _data, _geometry, _kwargs  # noqa: E402
 
 

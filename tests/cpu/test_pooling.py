@@ -10,7 +10,7 @@ import fastconv as fc
 from fastconv import reference
 from fastconv.shapes import pool_geometry
 
-from .conftest import assert_close
+from ..conftest import assert_close
 
 DTYPES = [np.float32, np.float64]
 
