@@ -147,6 +147,15 @@ def _image_shape(input_shape, layer):
         f"{layer} needs a 4-D (N, C, H, W) or 3-D (C, H, W) input shape, got {input_shape}")
 
 
+def _check_in_channels(layer, shape, what):
+    """ValueError unless a 3-D or 4-D `shape` has the layer's input channels (other ranks
+    are left to the operator's own check)."""
+    shape = tuple(shape)
+    if len(shape) in (3, 4) and shape[-3] != layer.in_channels:
+        raise ValueError(
+            f"{layer!r} expects {layer.in_channels} input channels, got {what} {shape}")
+
+
 def _restore_batch(shape, batched_shape):
     return shape if batched_shape[0] is not None else shape[1:]
 
@@ -447,11 +456,7 @@ class Conv2d(Module):
 
     def forward(self, x):
         x = _as_array(x)
-        shape = tuple(x.shape)
-        if len(shape) in (3, 4) and shape[-3] != self.in_channels:
-            raise ValueError(
-                f"{self!r} expects {self.in_channels} input channels, got input of shape "
-                f"{tuple(x.shape)}")
+        _check_in_channels(self, x.shape, "input of shape")
         out = F.conv2d(x, self.weight.data, None if self.bias is None else self.bias.data,
                        algorithm=self.algorithm, **self._geometry())
         self._x = _SavedInput(x)
@@ -477,10 +482,7 @@ class Conv2d(Module):
 
     def output_shape(self, input_shape):
         n, c, h, w = _image_shape(input_shape, "Conv2d")
-        if c != self.in_channels:
-            raise ValueError(
-                f"{self!r} expects {self.in_channels} input channels, got input shape "
-                f"{tuple(input_shape)}")
+        _check_in_channels(self, tuple(input_shape), "input shape")
         _, _, _, out_hw = shapes.conv_geometry((h, w), self.kernel_size, self.stride,
                                                self.padding, self.dilation)
         return _restore_batch((n, self.out_channels) + out_hw, (n,))
@@ -555,20 +557,17 @@ class ConvTranspose2d(Module):
 
     def forward(self, x):
         x = _as_array(x)
-        shape = tuple(x.shape)
-        if len(shape) in (3, 4) and shape[-3] != self.in_channels:
-            raise ValueError(
-                f"{self!r} expects {self.in_channels} input channels, got input of shape "
-                f"{shape}")
-        self._x = x
-        return F.conv_transpose2d(x, self.weight.data,
+        _check_in_channels(self, x.shape, "input of shape")
+        out = F.conv_transpose2d(x, self.weight.data,
                                   None if self.bias is None else self.bias.data,
                                   **self._geometry())
+        self._x = _SavedInput(x)
+        return out
 
     def backward(self, grad_out):
         if self._x is None:
             raise RuntimeError("ConvTranspose2d.backward called before forward")
-        x = self._x
+        x = self._x.get("ConvTranspose2d")
         # the input gradient first: it checks grad_out before any parameter is touched
         grad_x = F.conv_transpose2d_grad_input(grad_out, self.weight.data, tuple(x.shape),
                                                **self._geometry())
@@ -583,10 +582,7 @@ class ConvTranspose2d(Module):
 
     def output_shape(self, input_shape):
         n, c, h, w = _image_shape(input_shape, "ConvTranspose2d")
-        if c != self.in_channels:
-            raise ValueError(
-                f"{self!r} expects {self.in_channels} input channels, got input shape "
-                f"{tuple(input_shape)}")
+        _check_in_channels(self, tuple(input_shape), "input shape")
         out_hw = shapes.conv_transpose_geometry((h, w), self.kernel_size, self.stride,
                                                 self.padding, self.output_padding,
                                                 self.dilation)[4]

@@ -660,11 +660,14 @@ def _kept_input_layers(rng):
         (nn.MaxPool2d(2), rng.standard_normal((2, 3, 6, 6)), (2, 3, 3, 3)),
         (nn.ReLU(), rng.standard_normal((2, 3, 6, 6)), (2, 3, 6, 6)),
         (nn.Linear(5, 4, rng=0, dtype=np.float64), rng.standard_normal((6, 5)), (6, 4)),
+        (nn.ConvTranspose2d(3, 4, 3, stride=2, rng=0, dtype=np.float64),
+         rng.standard_normal((2, 3, 4, 4)), (2, 4, 9, 9)),
     ]
 
 
 @pytest.mark.parametrize("change", ["refill", "first_rows", "nan_in_place", "view"])
-@pytest.mark.parametrize("index", range(4), ids=["Conv2d", "MaxPool2d", "ReLU", "Linear"])
+@pytest.mark.parametrize("index", range(5),
+                         ids=["Conv2d", "MaxPool2d", "ReLU", "Linear", "ConvTranspose2d"])
 def test_a_kept_input_modified_before_backward_is_refused(index, change, rng):
     """Conv2d's weight gradient once came silently from data a loader had refilled the
     input buffer with (torch: "modified by an inplace operation")."""
@@ -685,7 +688,8 @@ def test_a_kept_input_modified_before_backward_is_refused(index, change, rng):
         layer.backward(np.ones(go_shape))
 
 
-@pytest.mark.parametrize("index", range(4), ids=["Conv2d", "MaxPool2d", "ReLU", "Linear"])
+@pytest.mark.parametrize("index", range(5),
+                         ids=["Conv2d", "MaxPool2d", "ReLU", "Linear", "ConvTranspose2d"])
 def test_an_unchanged_kept_input_passes_even_with_nan(index, rng):
     layer, x, go_shape = _kept_input_layers(rng)[index]
     x.reshape(-1)[::3] = np.nan          # NaN != NaN must not read as a change
