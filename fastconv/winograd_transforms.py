@@ -21,6 +21,9 @@ the operands.
 """
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -190,6 +193,35 @@ def _range(stats):
     return float(ratio.max(initial=1.0))
 
 
+_weight_stats = OrderedDict()     # id -> (weakref to the array, sample, operand_stats)
+_weight_stats_lock = threading.Lock()
+WEIGHT_STATS_KEPT = 16
+
+
+def _weight_rows(weight, rows):
+    """rows(weight), measured once for weights that repeat: reused while the same
+    C-contiguous array object holds the sampled values it held when measured (the test
+    by which the Winograd filter cache keeps a transformed filter), so an inference call
+    does not pass over its weights again. A new array is always measured, even at a
+    freed one's address."""
+    if not weight.flags.c_contiguous:
+        return rows(weight)
+    from .cpu.winograd_cache import _sample
+    key = id(weight)
+    sample = _sample(weight)
+    with _weight_stats_lock:
+        entry = _weight_stats.get(key)
+    if entry is not None and entry[0]() is weight and np.array_equal(entry[1], sample):
+        return entry[2]
+    stats = rows(weight)
+    with _weight_stats_lock:
+        _weight_stats[key] = (weakref.ref(weight), sample, stats)
+        _weight_stats.move_to_end(key)
+        while len(_weight_stats) > WEIGHT_STATS_KEPT:
+            _weight_stats.popitem(last=False)
+    return stats
+
+
 def winograd_safe(operation, data, other, tile, kernel_hw):
     """(ok, reason): whether `algorithm="auto"` may run Winograd on these operands.
 
@@ -243,7 +275,8 @@ def winograd_safe(operation, data, other, tile, kernel_hw):
         return operand_stats(array)
 
     weight_gradient = operation == "conv2d_grad_weight"
-    first, second = rows(data, per_channel=weight_gradient), rows(other)
+    first = rows(data, per_channel=weight_gradient)
+    second = rows(other) if weight_gradient else _weight_rows(other, rows)
     names = {"conv2d": ("x", "weight"), "conv2d_grad_input": ("grad_out", "weight"),
              "conv2d_grad_weight": ("grad_out", "x")}[operation]
     for name, (peak, total, _) in zip(names, (first, second)):

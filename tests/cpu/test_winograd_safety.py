@@ -179,3 +179,16 @@ def test_growth_matches_the_transforms_known_magnification():
     assert growth(4, 3).input == 100
     assert growth(4, 5).input == 480 ** 2
     assert growth(2, 3).position < growth(4, 3).position < growth(4, 5).position
+
+
+def test_the_weights_pass_is_reused_until_the_weights_change():
+    """Inference calls repeat their weights: the weights' pass is kept, and a change
+    the filter cache's sampled check sees (a refill, an Inf) is measured again."""
+    x = np.ones((1, 16, 8, 8), np.float32)
+    w = np.ones((16, 16, 3, 3), np.float32)
+    assert winograd_safe("conv2d", x, w, 4, (3, 3))[0]
+    assert winograd_safe("conv2d", x, w, 4, (3, 3))[0]
+    w[...] = np.inf
+    assert winograd_safe("conv2d", x, w, 4, (3, 3)) == (False, "weight is not finite")
+    w[...] = 1.0
+    assert winograd_safe("conv2d_grad_input", x, w, 4, (3, 3))[0]
