@@ -93,6 +93,7 @@ def contention() -> list[str]:
             "effect: OpenBLAS's threads spin after each NumPy matrix product")
     return warnings
 
+
 _lock = threading.Lock()
 _serial = threading.Lock()
 _in_flight = 0
