@@ -690,16 +690,16 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
 
 
 def _add_channel_bias(out, bias, arrays):
-    """out + bias per channel. CPU: in place on the fresh result. CUDA: a depthwise 1x1
-    conv2d with unit weights and this bias, so the existing kernels add it on the
-    caller's stream (no kernel of its own)."""
+    """out + bias per channel, in place on the fresh result (the caller's stream on CUDA)."""
     if arrays.device == "cpu":
         out += arrays["bias"].reshape((-1, 1, 1))
         return out
-    from numba import cuda
-    channels = arrays["bias"].shape[0]
-    unit = cuda.to_device(np.ones((channels, 1, 1, 1), arrays.dtype), stream=arrays.stream())
-    return conv2d(out, unit, bias, groups=channels, algorithm="direct")
+    from .cuda import elementwise, interop
+    result = interop.to_numba(out)      # a view: out is a fresh contiguous result
+    if result.ndim == 3:
+        result = result.reshape((1,) + tuple(result.shape))
+    elementwise.add_channel_bias(result, arrays["bias"], stream=arrays.stream())
+    return out
 
 
 def conv_transpose2d_grad_input(grad_out, weight, input_shape, stride=1, padding=0,

@@ -1,5 +1,6 @@
 """Small CUDA kernels the API needs besides convolution and pooling:
-ReLU forward/backward and the per-channel sum that is grad_bias.
+ReLU forward/backward, the per-channel sum that is grad_bias, and the per-channel
+bias add of the transposed convolution.
 
 Inputs are contiguous numba device arrays (the API converts them).
 """
@@ -39,6 +40,17 @@ def _relu_backward_kernel(grad_out, x, grad_x):
             grad_x[i] = 0
         else:
             grad_x[i] = grad_out[i]
+        i += step
+
+
+@cuda.jit(cache=True)
+def _add_channel_bias_kernel(out, bias, plane):
+    # out: (N * C * plane,) flat, C-contiguous NCHW; channel = (i // plane) % C
+    i = cuda.grid(1)
+    step = cuda.gridsize(1)
+    channels = bias.size
+    while i < out.size:
+        out[i] += bias[(i // plane) % channels]
         i += step
 
 
@@ -96,4 +108,14 @@ def channel_sum(grad_out, stream=None):
     kernel = _make_channel_sum(np.dtype(grad_out.dtype).name)
     kernel[channels, _REDUCE_THREADS, stream_or_default(stream)](
         grad_out.reshape(n, channels, h * w), out)
+    return out
+
+
+def add_channel_bias(out, bias, stream=None):
+    """out (N, C, H, W) += bias (C,) per channel, in place; returns out."""
+    n, channels, h, w = out.shape
+    if out.size:
+        blocks, threads = launch_1d(out.size)
+        _add_channel_bias_kernel[blocks, threads, stream_or_default(stream)](
+            out.reshape(out.size), bias, h * w)
     return out

@@ -84,7 +84,9 @@ def specs(dtype_name: str) -> list[Spec]:
             Spec("elementwise relu_backward", elementwise._relu_backward_kernel, (a1,) * 3,
                  256, True),
             Spec("elementwise channel_sum", elementwise._make_channel_sum(dtype_name),
-                 (a3, a1), elementwise._REDUCE_THREADS, True)]
+                 (a3, a1), elementwise._REDUCE_THREADS, True),
+            Spec("elementwise add_channel_bias", elementwise._add_channel_bias_kernel,
+                 (a1, a1, i64), 256, True)]
     operand = arr(3, "A")
     gemm_args = (operand, operand, operand, arr(1, "A")) + (i64,) * 10 + (dt, dt, b)
     # gemm.choose_config never takes LARGE for float64 (ptxas spills it)

@@ -28,6 +28,18 @@ def test_grad_bias_is_a_channel_sum(dtype, on_device, to_host, rng):
     np.testing.assert_array_equal(empty, np.zeros(3))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_channel_bias_adds_per_channel_in_place(dtype, on_device, to_host, rng):
+    from fastconv.cuda import elementwise
+    out = rng.standard_normal((2, 3, 5, 4)).astype(dtype)
+    bias = rng.standard_normal(3).astype(dtype)
+    device = on_device(out)
+    assert elementwise.add_channel_bias(device, on_device(bias)) is device
+    np.testing.assert_array_equal(to_host(device), out + bias.reshape(-1, 1, 1))
+    empty = on_device(np.zeros((0, 3, 2, 2), dtype))
+    assert to_host(elementwise.add_channel_bias(empty, on_device(bias))).shape == (0, 3, 2, 2)
+
+
 def test_mixed_host_and_device_is_refused(on_device):
     with pytest.raises(TypeError, match="one device"):
         fc.conv2d(on_device(np.ones((1, 1, 4, 4), np.float32)), np.ones((1, 1, 3, 3), np.float32))
